@@ -1,0 +1,226 @@
+"""The `mlx-dm` command: one thin command per stage; the logic lives in the stage modules."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from . import __version__
+from .config import Config, load_config
+from .errors import MlxDmError
+from .hardware import GIB, detect, recommend_profile
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+log = logging.getLogger("mlx_dm")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Turn D&D scenario transcripts into an on-device Dungeon Master model (Gemma 3n, MLX, GGUF).")
+data_app = typer.Typer(no_args_is_help=True, help="Scan, validate and build the scenario dataset.")
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False, "project": Path(".")}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"mlx-dm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    project: Path = typer.Option(Path("."), "--project", "-C", help="Project root (holds ai-training/, assets/, mlx-dm.toml)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    _state["debug"] = debug
+    _state["project"] = project
+    if debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _config(**sections: dict) -> Config:
+    return load_config(_state["project"], overrides=sections, hardware=detect())
+
+
+@app.command()
+def doctor(json_out: bool = typer.Option(False, "--json", help="Print the report as JSON.")) -> None:
+    """Report this machine: OS, chip, the device MLX uses and why, memory, disk, versions, profile."""
+    import json
+
+    hw = detect()
+    profile = recommend_profile(hw)
+    if json_out:
+        console.print_json(json.dumps({"hardware": hw.to_dict(), "profile": profile.__dict__}))
+        return
+    table = Table(title="mlx-dm doctor", show_header=False)
+    table.add_row("OS", f"{hw.os_name} {hw.os_version} ({hw.machine})")
+    table.add_row("Chip", f"{hw.chip} ({hw.cpu_count} cores)")
+    table.add_row("MLX device", f"[bold]{hw.device}[/bold] — {escape(hw.device_reason)}")
+    mem_kind = "unified memory" if hw.unified_memory else "memory"
+    table.add_row("Memory", f"{hw.total_memory_bytes / GIB:.1f} GiB {mem_kind}, {hw.available_memory_bytes / GIB:.1f} GiB available")
+    table.add_row("MLX memory limit", f"{hw.mlx_memory_limit_bytes / GIB:.1f} GiB (mx.get_memory_limit)")
+    table.add_row("Free disk", f"{hw.free_disk_bytes / GIB:.1f} GiB")
+    for name, version in hw.versions.items():
+        table.add_row(name, version)
+    table.add_row("Profile", f"[bold]{profile.name}[/bold]: batch {profile.batch_size}, sequence {profile.max_seq_length}, "
+                  f"gradient checkpointing {'on' if profile.grad_checkpoint else 'off'}, "
+                  f"4-bit base {'yes' if profile.quantize_base else 'no'} — {profile.reason}")
+    console.print(table)
+
+
+# ---------------------------------------------------------------- data
+
+
+def _scenarios_option() -> Optional[Path]:
+    return typer.Option(None, "--scenarios", help="Scenario folder (default: data.scenarios_dir, ai-training/).")
+
+
+def _scan(config: Config, scenarios: Optional[Path]):
+    from .data.discover import scan
+
+    root = Path(scenarios) if scenarios else config.path(config.data.scenarios_dir)
+    return root, scan(root, config.data.max_file_bytes)
+
+
+def _print_problems(problems, limit: int = 200) -> None:
+    for problem in problems[:limit]:
+        colour = "red" if problem.severity == "error" else "yellow"
+        console.print(f"[{colour}]{escape(problem.location())}: {problem.severity}[/{colour}] "
+                      f"{escape(problem.message)}\n    fix: {escape(problem.hint)}")
+    if len(problems) > limit:
+        console.print(f"... and {len(problems) - limit} more (see problems.json in the dataset folder)")
+
+
+@data_app.command("scan")
+def data_scan(scenarios: Optional[Path] = _scenarios_option()) -> None:
+    """List the scenario files found, in the order they are used."""
+    config = _config()
+    root, result = _scan(config, scenarios)
+    table = Table(title=f"{root}")
+    for column in ("file", "status", "turns", "calls"):
+        table.add_column(column)
+    for parsed in result.results:
+        if parsed.scenario:
+            table.add_row(parsed.path, "scenario", str(len(parsed.scenario.turns)), str(len(parsed.scenario.calls)))
+        elif parsed.skipped_reason:
+            table.add_row(parsed.path, f"[dim]skipped: {parsed.skipped_reason}[/dim]", "", "")
+        else:
+            table.add_row(parsed.path, f"[red]rejected: {escape(parsed.errors[0].message)}[/red]", "", "")
+    console.print(table)
+    console.print(f"{len(result.accepted)} scenarios, {len(result.skipped)} not scenarios, {len(result.rejected)} rejected")
+
+
+@data_app.command("validate")
+def data_validate(
+    scenarios: Optional[Path] = _scenarios_option(),
+    strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
+) -> None:
+    """Check every scenario file; exits non-zero when a file is rejected."""
+    from .data.dataset import _promote_warnings
+    from .errors import DataError
+
+    config = _config(data={"strict": strict or None})
+    root, result = _scan(config, scenarios)
+    if config.data.strict:
+        _promote_warnings(result)
+    _print_problems(result.problems)
+    console.print(f"[bold]{len(result.accepted)} accepted[/bold], {len(result.rejected)} rejected, "
+                  f"{len(result.skipped)} skipped (not scenarios), "
+                  f"{sum(p.severity == 'warning' for p in result.problems)} warnings")
+    if result.rejected:
+        raise DataError(f"{len(result.rejected)} scenario file(s) rejected in {root}",
+                        "fix the errors listed above; the other files are still usable")
+
+
+def build_dataset_from_config(config: Config, scenarios: Optional[Path] = None):
+    from .data.dataset import build_dataset, write_dataset
+
+    root = Path(scenarios) if scenarios else config.path(config.data.scenarios_dir)
+    dataset = build_dataset(
+        root, config.data.validation_fraction, config.data.seed, config.data.strict,
+        config.data.target_mix if config.data.balance else None, config.data.agent_tools, config.data.max_file_bytes,
+    )
+    out = write_dataset(dataset, config.path(config.data.dataset_dir))
+    return dataset, out
+
+
+def _print_summary(dataset) -> None:
+    s = dataset.summary
+    table = Table(title="Dataset")
+    for column in ("files", "accepted", "not scenarios", "rejected", "duplicates", "warnings", "train", "balanced", "valid"):
+        table.add_column(column, justify="right")
+    table.add_row(*map(str, (s.files, s.accepted, len(s.skipped), len(s.rejected), len(s.duplicates), s.warnings,
+                             s.train, s.train_balanced, s.valid)))
+    console.print(table)
+    cats = Table(title="Categories (train)")
+    for column in ("category", "before", "after balancing"):
+        cats.add_column(column)
+    for category in ("combat", "roleplay", "exploration"):
+        cats.add_row(category, str(s.categories_before.get(category, 0)), str(s.categories_after.get(category, 0)))
+    console.print(cats)
+    tools = Table(title="Tools")
+    for column in ("tool", "calls", "app agent"):
+        tools.add_column(column)
+    for name, info in dataset.vocabulary.items():
+        tools.add_row(name, str(info.count), "acts" if info.agent_acts else "[yellow]drops[/yellow]")
+    console.print(tools)
+    for path, reason in s.rejected.items():
+        console.print(f"[red]rejected[/red] {escape(path)}: {escape(reason)}")
+
+
+@data_app.command("stats")
+def data_stats(scenarios: Optional[Path] = _scenarios_option()) -> None:
+    """Counts of files, turns, categories and tools, without writing anything."""
+    from .data.dataset import build_dataset
+
+    config = _config()
+    root = Path(scenarios) if scenarios else config.path(config.data.scenarios_dir)
+    dataset = build_dataset(root, config.data.validation_fraction, config.data.seed, config.data.strict,
+                            config.data.target_mix if config.data.balance else None, config.data.agent_tools,
+                            config.data.max_file_bytes)
+    _print_summary(dataset)
+
+
+@data_app.command("build")
+def data_build(
+    scenarios: Optional[Path] = _scenarios_option(),
+    out: Optional[Path] = typer.Option(None, "--out", help="Dataset folder (default: data.dataset_dir)."),
+    strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the train/validation split."),
+    validation_fraction: Optional[float] = typer.Option(None, "--validation-fraction", min=0.0, max=0.9),
+    no_balance: bool = typer.Option(False, "--no-balance", help="Keep the category mix as it is."),
+) -> None:
+    """Parse, validate, categorise, balance, split and render the scenarios into a dataset folder."""
+    config = _config(data={"strict": strict or None, "seed": seed, "validation_fraction": validation_fraction,
+                           "dataset_dir": str(out) if out else None, "balance": False if no_balance else None})
+    dataset, path = build_dataset_from_config(config, scenarios)
+    _print_problems(dataset.problems, limit=30)
+    _print_summary(dataset)
+    console.print(f"[green]dataset written to {path}[/green] (fingerprint {dataset.summary.fingerprint[:12]})")
+
+
+def main() -> None:
+    """Entry point: errors print as message + hint, without a traceback unless --debug."""
+    try:
+        app()  # standalone: click reports usage errors (bad flags) itself, with exit code 2
+    except MlxDmError as exc:
+        log.debug("failure", exc_info=True)
+        err_console.print(f"[bold red]{exc.kind}:[/bold red] {escape(exc.message)}")
+        if exc.hint:
+            err_console.print(f"[bold]hint:[/bold] {escape(exc.hint)}")
+        if _state["debug"]:
+            err_console.print_exception()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""From parsed scenarios to a dataset folder: categories, duplicates, split, balance, vocabulary.
+
+The folder holds `train.jsonl`, `valid.jsonl` (one rendered conversation per line), `stats.json`,
+`vocabulary.json`, `problems.json`, `fingerprint.txt` and `report.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import DataError
+from ..runs import atomic_write_json, atomic_write_text
+from . import toolcalls
+from .discover import ScanResult, scan
+from .render import render_scenario
+from .scenario import CATEGORIES, DM, Problem, Scenario
+
+_COMBAT_TOOLS = {"attack", "damage", "initiative", "health", "heal", "save", "saving_throw"}
+_COMBAT_WORDS = re.compile(r"\b(attack|initiative|sword|axe|arrow|goblin|orc|hit points?|damage|swing|strike|combat|fight)\b", re.I)
+_EXPLORE_WORDS = re.compile(r"\b(perception|investigation|survival|trap|door|corridor|ruins?|map|path|cave|search|explore|climb)\b", re.I)
+_ROLEPLAY_WORDS = re.compile(r"\b(persuasion|insight|deception|intimidation|says|asks|merchant|bargain|price|innkeeper|negotiat\w*|convince)\b", re.I)
+
+
+def categorise(scenario: Scenario) -> None:
+    """Category from the `Category:` key, else a parent folder, else inferred (marked)."""
+    if scenario.category in CATEGORIES:
+        return
+    for part in reversed(scenario.path.split("/")[:-1]):
+        if part.lower() in CATEGORIES:
+            scenario.category, scenario.category_source = part.lower(), "folder"
+            return
+    calls = scenario.calls
+    text = " ".join(turn.text for turn in scenario.turns)
+    scores = {
+        "combat": 3 * sum(c.name in _COMBAT_TOOLS for c in calls) + len(_COMBAT_WORDS.findall(text)),
+        "exploration": 3 * sum(c.name in ("transition",) for c in calls) + len(_EXPLORE_WORDS.findall(text)),
+        "roleplay": len(_ROLEPLAY_WORDS.findall(text)) + sum('"' in t.text for t in scenario.turns if t.kind == DM),
+    }
+    scenario.category = max(CATEGORIES, key=lambda c: (scores[c], -CATEGORIES.index(c)))
+    scenario.category_source = "inferred"
+
+
+def _stable_key(seed: int, text: str) -> str:
+    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
+
+
+def split(scenarios: list[Scenario], validation_fraction: float, seed: int) -> tuple[list[Scenario], list[Scenario]]:
+    """Seeded split by scenario, stratified by category, stable when files are added.
+
+    Any corpus of two or more scenarios keeps at least one for validation and one for training.
+    """
+    if len(scenarios) < 2:
+        return list(scenarios), []
+    by_category: dict[str, list[Scenario]] = defaultdict(list)
+    for scenario in scenarios:
+        by_category[scenario.category].append(scenario)
+    total_valid = min(len(scenarios) - 1, max(1, round(validation_fraction * len(scenarios))))
+    quotas = {c: validation_fraction * len(items) for c, items in by_category.items()}
+    counts = {c: int(q) for c, q in quotas.items()}
+    # Largest remainder, never leaving a category without a training example.
+    order = sorted(quotas, key=lambda c: (-(quotas[c] - counts[c]), c))
+    while sum(counts.values()) < total_valid:
+        grew = False
+        for category in order:
+            if sum(counts.values()) >= total_valid:
+                break
+            if counts[category] < len(by_category[category]) - 1:
+                counts[category] += 1
+                grew = True
+        if not grew:
+            break
+    train, valid = [], []
+    for category in sorted(by_category):
+        items = sorted(by_category[category], key=lambda s: _stable_key(seed, s.path))
+        valid += items[: counts[category]]
+        train += items[counts[category]:]
+    key = lambda s: s.path  # noqa: E731
+    return sorted(train, key=key), sorted(valid, key=key)
+
+
+def balance(train: list[Scenario], target_mix: dict[str, float], seed: int) -> list[Scenario]:
+    """Up-sample (repeat) minority categories towards the target mix; never drops data.
+
+    Down-sampling is done only by not repeating: every scenario appears at least once.
+    """
+    counts = Counter(s.category for s in train)
+    present = {c: w for c, w in target_mix.items() if counts.get(c)}
+    if len(present) < 2:
+        return list(train)
+    weight = sum(present.values())
+    # The category furthest above its share sets the size of the balanced set.
+    size = max(counts[c] / (w / weight) for c, w in present.items())
+    balanced = list(train)
+    for category, share in present.items():
+        want = round(size * share / weight)
+        items = sorted((s for s in train if s.category == category), key=lambda s: _stable_key(seed, s.path))
+        for index in range(max(0, want - counts[category])):
+            balanced.append(items[index % len(items)])
+    return balanced
+
+
+@dataclass
+class ToolInfo:
+    name: str
+    count: int = 0
+    patterns: dict[str, int] = field(default_factory=dict)
+    examples: list[str] = field(default_factory=list)
+    first_file: str = ""
+    first_line: int = 0
+    agent_acts: bool = False
+
+
+def tool_vocabulary(scenarios: list[Scenario], agent_tools: list[str]) -> dict[str, ToolInfo]:
+    accepted = {t.lower() for t in agent_tools}
+    vocab: dict[str, ToolInfo] = {}
+    for scenario in scenarios:
+        for call in scenario.calls:
+            info = vocab.setdefault(call.name, ToolInfo(call.name, first_file=scenario.path, first_line=call.line,
+                                                        agent_acts=call.name in accepted))
+            info.count += 1
+            pattern = toolcalls.argument_pattern(call.arguments)
+            info.patterns[pattern] = info.patterns.get(pattern, 0) + 1
+            if len(info.examples) < 5 and call.raw not in info.examples:
+                info.examples.append(call.raw)
+    return dict(sorted(vocab.items(), key=lambda kv: (-kv[1].count, kv[0])))
+
+
+def data_fingerprint(scenarios: list[Scenario]) -> str:
+    digest = hashlib.sha256()
+    for scenario in sorted(scenarios, key=lambda s: s.path):
+        digest.update(f"{scenario.path}\0{scenario.content_sha256}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class DatasetSummary:
+    root: str
+    files: int
+    accepted: int
+    skipped: dict[str, str]  # path -> reason (not scenarios)
+    rejected: dict[str, str]  # path -> first error
+    duplicates: dict[str, str]  # path -> the file it repeats
+    warnings: int
+    train: int
+    valid: int
+    train_balanced: int
+    categories_before: dict[str, int]
+    categories_after: dict[str, int]
+    inferred_categories: int
+    turns: int
+    dm_turns: int
+    characters: int
+    tools: dict[str, int]
+    agent_drops: list[str]
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Dataset:
+    summary: DatasetSummary
+    train: list[Scenario]
+    valid: list[Scenario]
+    train_balanced: list[Scenario]
+    vocabulary: dict[str, ToolInfo]
+    problems: list[Problem]
+
+
+def _promote_warnings(scan_result: ScanResult) -> None:
+    """--strict: any warning rejects its file."""
+    for result in scan_result.results:
+        if result.scenario is not None and result.warnings:
+            for problem in result.warnings:
+                problem.severity = "error"
+            result.scenario = None
+
+
+def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, strict: bool = False,
+                  balance_mix: dict[str, float] | None = None, agent_tools: list[str] | None = None,
+                  max_file_bytes: int = 1_000_000, scan_result: ScanResult | None = None) -> Dataset:
+    from ..config import DEFAULT_AGENT_TOOLS
+
+    result = scan_result or scan(Path(root), max_file_bytes)
+    if strict:
+        _promote_warnings(result)
+    problems = result.problems
+    seen: dict[str, str] = {}
+    duplicates: dict[str, str] = {}
+    scenarios: list[Scenario] = []
+    for parsed in result.accepted:
+        scenario = parsed.scenario
+        assert scenario is not None
+        # Same conversation as the model would see it (whitespace and headings aside) = duplicate.
+        body = hashlib.sha256(render_scenario(scenario).text.encode("utf-8")).hexdigest()
+        if body in seen:
+            duplicates[scenario.path] = seen[body]
+            problems.append(Problem("warning", "duplicate", scenario.path, 1,
+                                    f"same turns as {seen[body]}; this copy is left out",
+                                    "delete one of the two files, or change one"))
+            continue
+        seen[body] = scenario.path
+        categorise(scenario)
+        scenarios.append(scenario)
+    if not scenarios:
+        raise DataError(
+            f"no usable scenario in {root} ({len(result.results)} .md files: "
+            f"{len(result.skipped)} not scenarios, {len(result.rejected)} with errors)",
+            "add scenario files in the format of docs/scenario-format.md; `mlx-dm data validate` lists every problem",
+        )
+    train, valid = split(scenarios, validation_fraction, seed)
+    balanced = balance(train, balance_mix, seed) if balance_mix else list(train)
+    vocab = tool_vocabulary(scenarios, list(agent_tools or DEFAULT_AGENT_TOOLS))
+    summary = DatasetSummary(
+        root=str(root),
+        files=len(result.results),
+        accepted=len(scenarios),
+        skipped={r.path: r.skipped_reason for r in result.skipped},
+        rejected={r.path: (r.errors[0].message if r.errors else "rejected") for r in result.rejected},
+        duplicates=duplicates,
+        warnings=sum(1 for p in problems if p.severity == "warning"),
+        train=len(train),
+        valid=len(valid),
+        train_balanced=len(balanced),
+        categories_before=dict(sorted(Counter(s.category for s in train).items())),
+        categories_after=dict(sorted(Counter(s.category for s in balanced).items())),
+        inferred_categories=sum(s.category_source == "inferred" for s in scenarios),
+        turns=sum(len(s.turns) for s in scenarios),
+        dm_turns=sum(t.kind == DM for s in scenarios for t in s.turns),
+        characters=sum(len(render_scenario(s).text) for s in scenarios),
+        tools={name: info.count for name, info in vocab.items()},
+        agent_drops=[name for name, info in vocab.items() if not info.agent_acts],
+        fingerprint=data_fingerprint(scenarios),
+    )
+    return Dataset(summary, train, valid, balanced, vocab, problems)
+
+
+def _record(scenario: Scenario) -> dict:
+    rendered = render_scenario(scenario)
+    return {
+        "path": scenario.path,
+        "category": scenario.category,
+        "category_source": scenario.category_source,
+        "messages": rendered.messages,
+        "text": rendered.text,
+        "train_spans": rendered.train_spans,
+    }
+
+
+def write_dataset(dataset: Dataset, out_dir: Path) -> Path:
+    """Write the dataset folder; every file is replaced atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, items in (("train", dataset.train_balanced), ("valid", dataset.valid)):
+        atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(_record(s), ensure_ascii=False) + "\n" for s in items))
+    atomic_write_json(out_dir / "stats.json", dataset.summary.to_dict())
+    atomic_write_json(out_dir / "vocabulary.json", {k: asdict(v) for k, v in dataset.vocabulary.items()})
+    atomic_write_json(out_dir / "problems.json", [asdict(p) for p in dataset.problems])
+    atomic_write_text(out_dir / "fingerprint.txt", dataset.summary.fingerprint + "\n")
+    atomic_write_text(out_dir / "report.md", markdown_report(dataset))
+    return out_dir
+
+
+def markdown_report(dataset: Dataset) -> str:
+    s = dataset.summary
+    lines = [
+        "# Dataset report", "",
+        f"Scenarios folder: `{s.root}`  ", f"Data fingerprint: `{s.fingerprint[:16]}`", "",
+        "| files | accepted | not scenarios | rejected | duplicates | warnings | train | train (balanced) | valid |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {s.files} | {s.accepted} | {len(s.skipped)} | {len(s.rejected)} | {len(s.duplicates)} | {s.warnings} "
+        f"| {s.train} | {s.train_balanced} | {s.valid} |", "",
+        "## Categories (train split)", "", "| category | before balancing | after |", "|---|---|---|",
+    ]
+    for category in CATEGORIES:
+        lines.append(f"| {category} | {s.categories_before.get(category, 0)} | {s.categories_after.get(category, 0)} |")
+    lines += ["", f"{s.inferred_categories} categories were inferred from tool calls and wording.", "",
+              "## Tools", "", "| tool | calls | the app's agent | argument patterns | first seen |", "|---|---|---|---|---|"]
+    for name, info in dataset.vocabulary.items():
+        patterns = "; ".join(f"`{p}` ×{n}" for p, n in sorted(info.patterns.items(), key=lambda kv: -kv[1])[:4])
+        lines.append(f"| `{name}` | {info.count} | {'acts' if info.agent_acts else 'drops'} | {patterns} "
+                     f"| {info.first_file}:{info.first_line} |")
+    if s.skipped or s.rejected or dataset.problems:
+        lines += ["", "## Problems", ""]
+        for path, reason in s.skipped.items():
+            lines.append(f"- skipped `{path}`: {reason}")
+        for problem in dataset.problems:
+            lines.append(f"- `{problem.location()}` {problem.severity}: {problem.message} — fix: {problem.hint}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,66 @@
+"""One exception hierarchy: every error carries a message, a recovery hint and an exit code.
+
+The CLI prints ``message`` and ``hint`` without a traceback; the run log keeps the traceback.
+Exit codes are distinct per failure class so scripts (and `pnpm run train`) can tell them apart.
+"""
+
+from __future__ import annotations
+
+
+class MlxDmError(Exception):
+    exit_code = 1
+    kind = "error"
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n  hint: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(MlxDmError):
+    exit_code = 2
+    kind = "configuration error"
+
+
+class DataError(MlxDmError):
+    exit_code = 3
+    kind = "data error"
+
+
+class ModelError(MlxDmError):
+    exit_code = 4
+    kind = "model error"
+
+
+class TrainingError(MlxDmError):
+    exit_code = 5
+    kind = "training error"
+
+
+class ExportError(MlxDmError):
+    exit_code = 6
+    kind = "export error"
+
+
+class ValidationFailed(MlxDmError):
+    exit_code = 7
+    kind = "validation failed"
+
+
+class EnvironmentProblem(MlxDmError):
+    exit_code = 8
+    kind = "environment problem"
+
+
+ALL_ERRORS: tuple[type[MlxDmError], ...] = (
+    ConfigError,
+    DataError,
+    ModelError,
+    TrainingError,
+    ExportError,
+    ValidationFailed,
+    EnvironmentProblem,
+)

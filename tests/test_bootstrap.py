@@ -1,0 +1,94 @@
+"""scripts/train-model.js: finds Python, installs on pyproject change, forwards args, signals, exit codes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+SCRIPT = ROOT / "scripts" / "train-model.js"
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+
+
+def node(args, env_extra, timeout=120):
+    env = {**os.environ, **env_extra}
+    return subprocess.run(["node", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def stamp_for(extras: str = "") -> str:
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + f"extras={extras}".encode()).hexdigest()
+
+
+def fake_venv(tmp_path: Path, mlx_dm_body: str, stamp: str | None) -> Path:
+    """A venv folder whose python logs pip calls and whose mlx-dm is a small shell script."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    python = venv / "bin" / "python"
+    python.write_text(f'#!/bin/sh\necho "python $*" >> {log}\n')
+    mlx = venv / "bin" / "mlx-dm"
+    mlx.write_text("#!/bin/sh\n" + mlx_dm_body)
+    python.chmod(0o755)
+    mlx.chmod(0o755)
+    if stamp is not None:
+        (venv / ".mlx-dm-install-stamp").write_text(stamp + "\n")
+    return venv
+
+
+def test_real_cli_through_bootstrap_forwards_args_and_exit_code(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    (venv / "bin" / "mlx-dm").symlink_to(Path(sys.executable).parent / "mlx-dm")
+    (venv / ".mlx-dm-install-stamp").write_text(stamp_for() + "\n")
+    result = node(["data", "validate", "--scenarios", str(tmp_path / "missing")], {"MLX_DM_VENV": str(venv)})
+    assert result.returncode == 3, result.stderr
+    assert "does not exist" in result.stderr and "hint:" in result.stderr
+    bad = node(["data", "build", "--epochz", "2"], {"MLX_DM_VENV": str(venv)})
+    assert bad.returncode == 2 and "No such option: --epochz" in bad.stderr
+    doctor = node(["doctor"], {"MLX_DM_VENV": str(venv)})
+    assert doctor.returncode == 0 and "cpu" in doctor.stdout
+
+
+def test_missing_python_gives_install_hint(tmp_path):
+    result = node(["doctor"], {"MLX_DM_VENV": str(tmp_path / "new-venv"), "MLX_DM_PYTHON": str(tmp_path / "no-python")})
+    assert result.returncode == 9
+    assert "no Python >= 3.10 found" in result.stderr and "MLX_DM_PYTHON" in result.stderr
+
+
+def test_installs_only_when_pyproject_changed(tmp_path):
+    venv = fake_venv(tmp_path, 'echo "mlx-dm $*"\nexit 4\n', stamp="old")
+    env = {"MLX_DM_VENV": str(venv), "PATH": "/usr/bin:/bin"}  # no uv on this PATH: pip is the fallback
+    first = node(["train", "--epochs", "2"], env)
+    assert first.returncode == 4 and "mlx-dm train --epochs 2" in first.stdout
+    assert "python -m pip install -e ." in (tmp_path / "calls.log").read_text()
+    assert (venv / ".mlx-dm-install-stamp").read_text().strip() == stamp_for()
+    (tmp_path / "calls.log").unlink()
+    second = node(["train"], env)
+    assert second.returncode == 4 and not (tmp_path / "calls.log").exists()
+    node(["pytest", "-k", "x"], env)
+    assert "python -m pip install -e .[test]" in (tmp_path / "calls.log").read_text()
+
+
+def test_ctrl_c_is_forwarded_to_mlx_dm(tmp_path):
+    marker = tmp_path / "got-sigint"
+    body = f"trap 'touch {marker}; exit 130' INT\necho started\nwhile true; do sleep 0.1; done\n"
+    venv = fake_venv(tmp_path, body, stamp=stamp_for())
+    proc = subprocess.Popen(["node", str(SCRIPT), "train"], cwd=ROOT, env={**os.environ, "MLX_DM_VENV": str(venv)},
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 130
+    deadline = time.time() + 5
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
