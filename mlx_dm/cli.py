@@ -208,6 +208,24 @@ def data_build(
     console.print(f"[green]dataset written to {path}[/green] (fingerprint {dataset.summary.fingerprint[:12]})")
 
 
+@app.command("tiny-model")
+def tiny_model(
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write (default .mlx-dm/models/tiny-gemma3n)."),
+    scenarios: Optional[Path] = _scenarios_option(),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random weights."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when the cached copy is up to date."),
+) -> None:
+    """Build the offline tiny Gemma 3n (random weights, real architecture, real tokenizer)."""
+    from .model.tiny import TinySpec, build_tiny_model
+
+    config = _config()
+    target = out or config.path(".mlx-dm/models/tiny-gemma3n")
+    root = scenarios or config.path(config.data.scenarios_dir)
+    path = build_tiny_model(target, root, TinySpec(seed=seed), force=force)
+    size = sum(p.stat().st_size for p in path.iterdir())
+    console.print(f"[green]tiny Gemma 3n at {path}[/green] ({size / 1e6:.1f} MB)")
+
+
 def main() -> None:
     """Entry point: errors print as message + hint, without a traceback unless --debug."""
     try:

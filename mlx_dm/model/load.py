@@ -1,0 +1,59 @@
+"""Load a base checkpoint into mlx-lm with the Gemma 3n fixes applied, optionally with a 4-bit base."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+from . import patches
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # mlx_lm model (nn.Module)
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    config: dict
+    path: Path
+    quantized: bool
+
+    @property
+    def family(self) -> str:
+        return "gemma3n" if self.config.get("model_type") == "gemma3n" else "gemma3"
+
+
+def _quantizable(path: str, module: Any) -> bool:
+    """4-bit only where the shapes allow it and the model code reads weights plainly.
+
+    AltUp's coefficient layers reassign `.weight` inside their forward pass, and per-layer
+    embeddings are sliced per layer: both stay in full precision.
+    """
+    import mlx.nn as nn
+
+    if not isinstance(module, (nn.Linear, nn.Embedding)):
+        return False
+    if any(part in path for part in ("altup", "correction_coefs", "prediction_coefs", "modality_router")):
+        return False
+    return module.weight.shape[-1] % 64 == 0
+
+
+def load_model(path: Path, quantize_4bit: bool = False, adapter_path: Path | None = None) -> LoadedModel:
+    from mlx_lm.utils import load, quantize_model
+
+    patches.apply()
+    path = Path(path)
+    try:
+        model, tokenizer, config = load(str(path), adapter_path=str(adapter_path) if adapter_path else None,
+                                        return_config=True)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        raise ModelError(f"mlx-lm could not load {path}: {exc}",
+                         "check that the folder is a complete Gemma 3n/Gemma 3 checkpoint (config.json, *.safetensors, tokenizer files)") from exc
+    if quantize_4bit and not config.get("quantization"):
+        model, config = quantize_model(model, config, group_size=64, bits=4, quant_predicate=_quantizable)
+    return LoadedModel(model, tokenizer, config, path, bool(config.get("quantization")))
+
+
+def read_config(path: Path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())

@@ -1,0 +1,155 @@
+"""Every fix to mlx-lm's Gemma 3n (mlx_lm/models/gemma3n.py, 0.32.x), in one place, applied at load.
+
+1. KV sharing without a cache. Gemma 3n's last layers reuse the K/V of earlier layers. Upstream
+   only does that `if cache is not None`, so a forward pass without a cache (what a trainer runs)
+   lets the shared layers compute their own K/V from weights the real model never uses: training
+   would tune a different function from the one exported and served. Fix: a forward pass without
+   a cache gets a pass-through cache, so shared layers read their owner's K/V exactly as in
+   generation and in llama.cpp.
+2. AltUp magnitude epsilon. Upstream divides by `max(magnitude, finfo(dtype).min)` (the most
+   negative float: no protection), giving NaN for an all-zero embedding row (e.g. `<pad>`).
+   Hugging Face clamps the mean square at 1e-5 before the square root; so do we.
+3. LoRA targets. mlx-lm's default LoRA wraps every Linear of a layer, including AltUp's
+   coefficient layers whose `.weight` Gemma 3n reassigns in its forward pass, which then fails
+   with `LoRALinear has no attribute weight`. `GEMMA3N_LORA_KEYS` lists the projections that work.
+
+`apply()` is idempotent; `is_applied()` says whether the running process has it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+
+GEMMA3N_LORA_KEYS = (
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj",
+)
+ALTUP_MAGNITUDE_EPS = 1e-5
+
+class PassThroughKVCache:
+    """Holds one layer's K/V for the length of a single cache-less forward pass."""
+
+    offset = 0
+
+    def __init__(self) -> None:
+        self._keys: mx.array | None = None
+        self._values: mx.array | None = None
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
+        self._keys, self._values = keys, values
+        return keys, values
+
+    def keys_and_values(self) -> tuple[mx.array, mx.array]:
+        if self._keys is None:
+            raise RuntimeError("a KV-shared layer ran before the layer that owns its K/V")
+        return self._keys, self._values
+
+
+def _magnitude(x: mx.array) -> mx.array:
+    return mx.sqrt(mx.maximum(mx.mean(x**2, axis=-1, keepdims=True), ALTUP_MAGNITUDE_EPS))
+
+
+def language_model_call(self, inputs: mx.array = None, cache: Any = None, input_embeddings: mx.array = None,
+                        mask: Any = None) -> mx.array:
+    """mlx_lm.models.gemma3n.LanguageModel.__call__ with fixes 1 and 2.
+
+    ``mask`` (optional) replaces both attention masks, e.g. a block-diagonal mask that keeps
+    packed sequences from attending to each other: a boolean or additive array broadcastable to
+    (batch, heads, queries, keys).
+    """
+    from mlx_lm.models.base import create_attention_mask
+
+    if input_embeddings is None:
+        h = self.embed_tokens(inputs) * (self.hidden_size**0.5)
+    else:
+        h = input_embeddings
+
+    per_layer_inputs = self.get_per_layer_inputs(inputs)
+    per_layer_inputs = self.project_per_layer_inputs(h, per_layer_inputs)
+
+    if cache is None:
+        cache = [PassThroughKVCache() for _ in range(self.first_kv_shared_layer_idx)]
+
+    if mask is None:
+        global_mask = create_attention_mask(h, cache[self.first_full_idx])
+        sliding_window_mask = create_attention_mask(h, cache[self.first_sliding_idx], window_size=self.sliding_window)
+    else:
+        global_mask = mask
+        sliding_window_mask = _with_window(mask, h.shape[1], self.sliding_window)
+
+    h0 = h
+    target_magnitude = mx.mean(h0**2, axis=-1, keepdims=True) ** 0.5
+    h_list = [h0] + [proj(h0) for proj in self.altup_projections]
+    h = mx.stack(h_list, axis=0)
+    h[1:] = h[1:] * (target_magnitude / _magnitude(h[1:]))
+
+    offset = cache[0].offset if cache[0] is not None else 0
+    for i, layer in enumerate(self.layers):
+        per_layer_input = per_layer_inputs[:, :, i, :]
+        layer_mask = global_mask if self.config.layer_types[i] == "full_attention" else sliding_window_mask
+        h = layer(h, layer_mask, cache[self.layer_idx_to_cache_idx[i]], per_layer_input, offset=offset)
+
+    target_magnitude = mx.mean(h[0] ** 2, axis=-1, keepdims=True) ** 0.5
+    for i, proj in enumerate(self.altup_unembed_projections):
+        h[i + 1] = proj(h[i + 1])
+    h[1:] = h[1:] * (target_magnitude / _magnitude(h[1:]))
+    h = mx.mean(h, axis=0)
+
+    out = self.norm(h)
+    out = self.embed_tokens.as_linear(out)
+    if self.final_logit_softcapping is not None:
+        from mlx_lm.models.gemma3n import logit_softcap
+
+        out = logit_softcap(self.final_logit_softcapping, out)
+    return out
+
+
+def _with_window(mask: mx.array, length: int, window: int) -> mx.array:
+    positions = mx.arange(length)
+    in_window = (positions[:, None] - positions[None, :]) < window
+    if mask.dtype == mx.bool_:
+        return mask & in_window
+    return mask + mx.where(in_window, 0.0, mx.finfo(mask.dtype).min).astype(mask.dtype)
+
+
+def _gemma3n_call(self, inputs, cache=None, input_embeddings=None, mask=None):
+    return self.language_model(inputs, cache=cache, input_embeddings=input_embeddings, mask=mask)
+
+
+def _model_call(self, inputs, cache=None, input_embeddings=None, mask=None):
+    return self.model(inputs, cache=cache, input_embeddings=input_embeddings, mask=mask)
+
+
+_originals: dict[str, Any] = {}
+
+
+def apply() -> None:
+    """Install fixes 1 and 2 into mlx-lm's Gemma 3n classes (fix 3 is used by the trainer)."""
+    from mlx_lm.models import gemma3n
+
+    if is_applied():
+        return
+    _originals.update(LanguageModel=gemma3n.LanguageModel.__call__, Gemma3n=gemma3n.Gemma3n.__call__,
+                      Model=gemma3n.Model.__call__)
+    gemma3n.LanguageModel.__call__ = language_model_call
+    gemma3n.Gemma3n.__call__ = _gemma3n_call
+    gemma3n.Model.__call__ = _model_call
+
+
+def is_applied() -> bool:
+    from mlx_lm.models import gemma3n
+
+    return gemma3n.LanguageModel.__call__ is language_model_call
+
+
+def remove() -> None:
+    """Restore upstream behaviour (tests use it to show each fix is needed)."""
+    from mlx_lm.models import gemma3n
+
+    if not is_applied():
+        return
+    gemma3n.LanguageModel.__call__ = _originals["LanguageModel"]
+    gemma3n.Gemma3n.__call__ = _originals["Gemma3n"]
+    gemma3n.Model.__call__ = _originals["Model"]
