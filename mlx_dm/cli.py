@@ -66,6 +66,7 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print the report
     table.add_row("Chip", f"{hw.chip} ({hw.cpu_count} cores)")
     table.add_row("MLX device", f"[bold]{hw.device}[/bold] — {escape(hw.device_reason)}")
     mem_kind = "unified memory" if hw.unified_memory else "memory"
+    table.add_row("CPU BLAS", escape(hw.cpu_blas))
     table.add_row("Memory", f"{hw.total_memory_bytes / GIB:.1f} GiB {mem_kind}, {hw.available_memory_bytes / GIB:.1f} GiB available")
     table.add_row("MLX memory limit", f"{hw.mlx_memory_limit_bytes / GIB:.1f} GiB (mx.get_memory_limit)")
     table.add_row("Free disk", f"{hw.free_disk_bytes / GIB:.1f} GiB")
@@ -224,6 +225,92 @@ def tiny_model(
     path = build_tiny_model(target, root, TinySpec(seed=seed), force=force)
     size = sum(p.stat().st_size for p in path.iterdir())
     console.print(f"[green]tiny Gemma 3n at {path}[/green] ({size / 1e6:.1f} MB)")
+
+
+def _train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_length, lora_rank, seed) -> dict:
+    return {"epochs": epochs, "max_steps": max_steps, "batch_size": batch_size, "learning_rate": learning_rate,
+            "max_seq_length": max_seq_length, "lora_rank": lora_rank, "seed": seed}
+
+
+def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Optional[bool]):
+    """Train with a rich progress bar; resumes an unfinished run of the same config and data by default."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from .runs import Run, attach_log_file, new_run
+    from .train.trainer import find_resumable, run_key, train
+
+    fingerprint = (dataset_dir / "fingerprint.txt").read_text().strip()
+    key = run_key(config, base_path, fingerprint)
+    resume_dir = find_resumable(config.path(config.runs_dir), key) if resume is not False else None
+    if resume is True and resume_dir is None:
+        console.print("[yellow]--resume: no unfinished run with this configuration and data; starting a new one[/yellow]")
+    if resume_dir is not None:
+        run = Run(resume_dir, resume_dir.name)
+        attach_log_file(resume_dir / "run.log")
+        console.print(f"resuming {resume_dir}")
+    else:
+        run = new_run(config.path(config.runs_dir), "train")
+    run.save_config(config.to_json())
+    columns = [TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("train", total=None, status="loading model")
+
+        def update(record: dict) -> None:
+            val = f" val {record['val_loss']:.3f}" if record.get("val_loss") is not None else ""
+            status = (f"epoch {record['epoch']:.2f} loss {record['loss']:.3f}{val} lr {record['learning_rate']:.2e} "
+                      f"{record['tokens_per_second']:.0f} tok/s mem {record['peak_memory_bytes'] / 2**20:.0f} MiB")
+            bar.update(task, completed=record["step"], total=record["total_steps"], status=status)
+
+        result = train(config, dataset_dir, base_path, run, resume_dir=resume_dir, progress=update)
+    console.print(f"[green]adapter[/green] {result.adapter_dir}  (steps {result.steps}/{result.total_steps}, "
+                  f"best val loss {result.best_val_loss if result.best_val_loss is not None else 'n/a'}, "
+                  f"{result.tokens_per_second:.0f} tok/s, peak {result.peak_memory_bytes / 2**20:.0f} MiB, "
+                  f"padding {result.padding_fraction:.1%}{', stopped early' if result.stopped_early else ''})")
+    return result
+
+
+@app.command("train")
+def train_command(
+    base: Optional[str] = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, or 'tiny'."),
+    dev: bool = typer.Option(False, "--dev", help="Use the built-in tiny offline Gemma 3n with a short schedule."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=0, help="Stop after this many optimizer steps."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", min=0.0),
+    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", min=32),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", min=1),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an unfinished run (default: when one matches)."),
+) -> None:
+    """Build the dataset and train LoRA adapters on the base model."""
+    from .model.hub import resolve_base
+
+    config = _config(train=_train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_length, lora_rank, seed),
+                     model={"base_model": "tiny" if dev else base})
+    if dev:
+        apply_dev_profile(config, explicit=_train_overrides(epochs, max_steps, batch_size, learning_rate,
+                                                            max_seq_length, lora_rank, seed))
+    _dataset, dataset_dir = build_dataset_from_config(config)
+    base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
+    run_training(config, dataset_dir, base_path, resume)
+
+
+DEV_PROFILE = {"max_seq_length": 256, "max_steps": 24, "epochs": 1, "batch_size": 2, "learning_rate": 1e-3}
+
+
+def apply_dev_profile(config: Config, explicit: dict) -> None:
+    """The tiny model on a 2-core CPU in minutes: short rows, a capped number of steps.
+
+    Flags given on the command line still win."""
+    config.model.base_model = "tiny"
+    config.model.quantize_base = False
+    config.train.grad_checkpoint = False
+    for name, value in DEV_PROFILE.items():
+        if explicit.get(name) is None:
+            setattr(config.train, name, value)
+    config.train.steps_per_eval = min(config.train.steps_per_eval, 8)
+    config.train.steps_per_checkpoint = min(config.train.steps_per_checkpoint, 8)
 
 
 def main() -> None:

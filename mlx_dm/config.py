@@ -69,6 +69,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     patience: int = 3
     max_steps: int = 0  # 0: as many as the epochs need
+    compute_dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
 
 
 @dataclass

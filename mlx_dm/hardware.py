@@ -13,6 +13,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import cpu_blas
+
 GIB = 1024**3
 
 
@@ -37,6 +39,7 @@ class Hardware:
     cpu_count: int
     device: str  # "gpu (Metal)", "gpu (CUDA)" or "cpu"
     device_reason: str
+    cpu_blas: str
     total_memory_bytes: int
     available_memory_bytes: int
     mlx_memory_limit_bytes: int
@@ -149,6 +152,7 @@ def detect() -> Hardware:
         cpu_count=os.cpu_count() or 1,
         device=device,
         device_reason=reason,
+        cpu_blas=cpu_blas.status,
         total_memory_bytes=total,
         available_memory_bytes=available,
         mlx_memory_limit_bytes=limit,

@@ -39,7 +39,18 @@ def _quantizable(path: str, module: Any) -> bool:
     return module.weight.shape[-1] % 64 == 0
 
 
-def load_model(path: Path, quantize_4bit: bool = False, adapter_path: Path | None = None) -> LoadedModel:
+def compute_dtype(name: str = "auto"):
+    """bfloat16 on a GPU; float32 on the CPU, where MLX's bfloat16 matrix products are far slower."""
+    import mlx.core as mx
+
+    if name == "auto":
+        return mx.float32 if mx.default_device() == mx.cpu else mx.bfloat16
+    return {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}[name]
+
+
+def load_model(path: Path, quantize_4bit: bool = False, adapter_path: Path | None = None,
+               dtype: str | None = None) -> LoadedModel:
+    """``dtype``: None keeps the checkpoint's, "auto" picks per device (compute_dtype)."""
     from mlx_lm.utils import load, quantize_model
 
     patches.apply()
@@ -50,6 +61,8 @@ def load_model(path: Path, quantize_4bit: bool = False, adapter_path: Path | Non
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise ModelError(f"mlx-lm could not load {path}: {exc}",
                          "check that the folder is a complete Gemma 3n/Gemma 3 checkpoint (config.json, *.safetensors, tokenizer files)") from exc
+    if dtype is not None and not config.get("quantization"):
+        model.set_dtype(compute_dtype(dtype))
     if quantize_4bit and not config.get("quantization"):
         model, config = quantize_model(model, config, group_size=64, bits=4, quant_predicate=_quantizable)
     return LoadedModel(model, tokenizer, config, path, bool(config.get("quantization")))

@@ -1,0 +1,137 @@
+"""Token ids, loss masks and packed rows.
+
+Each dataset row (rendered text + character spans with loss) becomes token ids and a per-token
+mask (1 where the *target* token belongs to a model turn). Short scenarios are packed into rows
+of ``max_seq_length`` tokens; a block-diagonal causal mask keeps attention inside each scenario.
+Because RoPE and the sliding window only see relative positions, a packed scenario computes
+exactly what it would alone; stock mlx-lm pads every batch instead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class TokenizedExample:
+    path: str
+    ids: list[int]
+    loss_mask: list[int]  # per position t: 1 when predicting ids[t] counts (ids[t] is a model token)
+    truncated: bool = False
+
+    @property
+    def trainable_tokens(self) -> int:
+        return int(sum(self.loss_mask))
+
+
+def tokenize_record(tokenizer, record: dict, max_seq_length: int) -> TokenizedExample:
+    """Tokenize one rendered conversation; mark tokens whose characters lie in a model span."""
+    hf = getattr(tokenizer, "_tokenizer", tokenizer)
+    encoded = hf(record["text"], add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    spans = [tuple(span) for span in record["train_spans"]]
+    mask = []
+    span_index = 0
+    for start, end in encoded["offset_mapping"]:
+        while span_index < len(spans) and spans[span_index][1] <= start:
+            span_index += 1
+        inside = span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]
+        mask.append(1 if inside and end > start else 0)
+    truncated = len(ids) > max_seq_length
+    return TokenizedExample(record.get("path", ""), ids[:max_seq_length], mask[:max_seq_length], truncated)
+
+
+def load_examples(path: Path, tokenizer, max_seq_length: int) -> list[TokenizedExample]:
+    examples = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                examples.append(tokenize_record(tokenizer, json.loads(line), max_seq_length))
+    return examples
+
+
+@dataclass
+class PackedRow:
+    ids: np.ndarray  # (L,) int32, padded with pad_id
+    loss_mask: np.ndarray  # (L,) float32: 1 where the target at this position counts
+    segments: np.ndarray  # (L,) int32: 1.. per scenario, 0 for padding
+    examples: list[int]
+
+
+def pack(examples: list[TokenizedExample], max_seq_length: int, pad_id: int = 0, enabled: bool = True) -> list[PackedRow]:
+    """First-fit-decreasing packing into rows of at most ``max_seq_length`` tokens (deterministic)."""
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i].ids), i))
+    bins: list[list[int]] = []
+    fill: list[int] = []
+    for index in order:
+        length = len(examples[index].ids)
+        target = None
+        if enabled:
+            for b, used in enumerate(fill):
+                if used + length <= max_seq_length:
+                    target = b
+                    break
+        if target is None:
+            bins.append([index])
+            fill.append(length)
+        else:
+            bins[target].append(index)
+            fill[target] += length
+    rows = []
+    for members in bins:
+        ids, mask, segments = [], [], []
+        for segment, index in enumerate(sorted(members), start=1):
+            example = examples[index]
+            ids += example.ids
+            mask += example.loss_mask
+            segments += [segment] * len(example.ids)
+        rows.append(PackedRow(np.array(ids, np.int32), np.array(mask, np.float32), np.array(segments, np.int32),
+                              sorted(members)))
+    return rows
+
+
+@dataclass
+class Batch:
+    inputs: np.ndarray  # (B, L-1)
+    targets: np.ndarray  # (B, L-1)
+    loss_mask: np.ndarray  # (B, L-1)
+    segments: np.ndarray  # (B, L-1)
+
+    @property
+    def trainable_tokens(self) -> int:
+        return int(self.loss_mask.sum())
+
+    @property
+    def real_tokens(self) -> int:
+        return int((self.segments > 0).sum())
+
+
+def make_batch(rows: list[PackedRow], length: int, pad_id: int = 0) -> Batch:
+    """Rows padded to ``length`` tokens, shifted into inputs and next-token targets."""
+    B = len(rows)
+    ids = np.full((B, length), pad_id, np.int32)
+    mask = np.zeros((B, length), np.float32)
+    seg = np.zeros((B, length), np.int32)
+    for b, row in enumerate(rows):
+        n = min(len(row.ids), length)
+        ids[b, :n], mask[b, :n], seg[b, :n] = row.ids[:n], row.loss_mask[:n], row.segments[:n]
+    # The target at position t is ids[t+1]; it counts when it is a model token of the same scenario.
+    same_segment = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
+    return Batch(ids[:, :-1], ids[:, 1:], mask[:, 1:] * same_segment, seg[:, :-1])
+
+
+def epoch_order(n_rows: int, seed: int, epoch: int) -> list[int]:
+    """The row order of one epoch: a function of seed and epoch alone, so a resumed run repeats it."""
+    order = list(range(n_rows))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def padding_fraction(rows: list[PackedRow], length: int) -> float:
+    total = len(rows) * length
+    return 1.0 - sum(len(r.ids) for r in rows) / total if total else 0.0

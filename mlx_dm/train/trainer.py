@@ -1,0 +1,352 @@
+"""LoRA fine-tuning of Gemma 3n with MLX: packed rows, completion-only loss, compiled step,
+atomic checkpoints with exact resume, early stopping on validation loss."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_map
+
+from ..config import Config
+from ..errors import MlxDmError, TrainingError
+from ..model import patches
+from ..model.load import load_model
+from ..runs import Run, atomic_write_json
+from . import batching
+from .checkpoint import (STATE_FILE, list_checkpoints, load_checkpoint, prune_checkpoints, save_adapter,
+                         save_checkpoint, write_dir_atomically)
+
+
+class TrainingInterrupted(MlxDmError):
+    exit_code = 130
+    kind = "interrupted"
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    adapter_dir: Path
+    steps: int
+    total_steps: int
+    best_val_loss: float | None
+    last_train_loss: float | None
+    trained_tokens: int
+    tokens_per_second: float
+    peak_memory_bytes: int
+    padding_fraction: float
+    stopped_early: bool
+    resumed_from: int | None = None
+    truncated_examples: int = 0
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["run_dir"], data["adapter_dir"] = str(self.run_dir), str(self.adapter_dir)
+        data.pop("history")
+        return data
+
+
+def run_key(config: Config, base_path: Path, fingerprint: str) -> str:
+    """What makes two runs the same run (and so resumable into each other)."""
+    train = asdict(config.train)
+    for volatile in ("steps_per_eval", "steps_per_checkpoint", "keep_checkpoints"):
+        train.pop(volatile)
+    blob = json.dumps({"train": train, "base": str(base_path), "quantize": config.model.quantize_base,
+                       "data": fingerprint}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def find_resumable(runs_dir: Path, key: str) -> Path | None:
+    """The newest unfinished run with this key."""
+    if not Path(runs_dir).is_dir():
+        return None
+    for run_dir in sorted(Path(runs_dir).iterdir(), reverse=True):
+        state_path = run_dir / STATE_FILE
+        if state_path.exists():
+            try:
+                state = json.loads(state_path.read_text())
+            except ValueError:
+                continue
+            if state.get("key") == key and state.get("status") in ("running", "interrupted") and list_checkpoints(run_dir / "checkpoints"):
+                return run_dir
+    return None
+
+
+def lr_schedule(config: Config, total_steps: int):
+    warmup = max(1, int(config.train.warmup_fraction * total_steps)) if config.train.warmup_fraction > 0 else 0
+    peak = config.train.learning_rate
+    decay = optim.cosine_decay(peak, max(1, total_steps - warmup), end=peak * 0.05)
+    if warmup == 0:
+        return decay
+    return optim.join_schedules([optim.linear_schedule(peak * 0.01, peak, warmup), decay], [warmup])
+
+
+def attention_mask(segments: mx.array) -> mx.array:
+    """Causal and block-diagonal over packed scenarios; padding attends to itself (no empty rows)."""
+    length = segments.shape[1]
+    positions = mx.arange(length)
+    causal = positions[:, None] >= positions[None, :]
+    same = segments[:, :, None] == segments[:, None, :]
+    diagonal = positions[:, None] == positions[None, :]
+    return ((same & causal) | diagonal)[:, None, :, :]
+
+
+def loss_fn(model, inputs, targets, loss_mask, segments):
+    logits = model(inputs, mask=attention_mask(segments))
+    losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * loss_mask
+    tokens = loss_mask.sum()
+    return losses.sum() / mx.maximum(tokens, 1), tokens
+
+
+def apply_lora(model, config: Config) -> dict:
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    layers = len(model.layers) if config.train.lora_layers < 0 else min(config.train.lora_layers, len(model.layers))
+    keys = [k if "." in k else _qualify(k) for k in config.train.lora_keys]
+    parameters = {"rank": config.train.lora_rank, "scale": config.train.lora_alpha / config.train.lora_rank,
+                  "dropout": config.train.lora_dropout, "keys": keys}
+    model.freeze()
+    linear_to_lora_layers(model, layers, parameters)
+    return {"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": parameters}
+
+
+def _qualify(key: str) -> str:
+    for full in patches.GEMMA3N_LORA_KEYS:
+        if full.endswith("." + key):
+            return full
+    raise TrainingError(f"unknown LoRA target '{key}'", f"use some of: {', '.join(k.split('.')[-1] for k in patches.GEMMA3N_LORA_KEYS)}")
+
+
+def evaluate_loss(model, rows: list[batching.PackedRow], length: int, batch_size: int) -> float | None:
+    if not rows:
+        return None
+    total, tokens = 0.0, 0.0
+    for start in range(0, len(rows), batch_size):
+        batch = batching.make_batch(rows[start:start + batch_size], length + 1)
+        loss, n = loss_fn(model, mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.loss_mask),
+                          mx.array(batch.segments))
+        mx.eval(loss, n)
+        total += loss.item() * n.item()
+        tokens += n.item()
+    return total / tokens if tokens else None
+
+
+def _row_length(rows: list[batching.PackedRow], max_seq_length: int) -> int:
+    """One fixed row length for the whole run (so the compiled step never recompiles)."""
+    longest = max((len(r.ids) for r in rows), default=2)
+    return min(max_seq_length, int(math.ceil(longest / 32) * 32))
+
+
+def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_dir: Path | None = None,
+          progress: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train LoRA adapters; returns the best adapter's folder. ``progress`` gets a dict per step."""
+    mx.random.seed(config.train.seed)
+    fingerprint = (Path(dataset_dir) / "fingerprint.txt").read_text().strip()
+    key = run_key(config, base_path, fingerprint)
+    loaded = load_model(base_path, quantize_4bit=config.model.quantize_base, dtype=config.train.compute_dtype)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    if loaded.family != "gemma3n":
+        raise TrainingError(f"{base_path} is a {loaded.config.get('model_type')} model; this trainer handles Gemma 3n",
+                            "use a Gemma 3n base (google/gemma-3n-E2B-it, or --base tiny)")
+    adapter_config = apply_lora(model, config)
+    if config.train.grad_checkpoint:
+        from mlx_lm.tuner.trainer import grad_checkpoint
+
+        grad_checkpoint(model.layers[0])
+
+    seq = config.train.max_seq_length
+    train_examples = batching.load_examples(Path(dataset_dir) / "train.jsonl", tokenizer, seq)
+    valid_examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", tokenizer, seq)
+    if not train_examples:
+        raise TrainingError("the training split is empty", "add scenarios to ai-training/ and run `mlx-dm data build`")
+    train_rows = batching.pack(train_examples, seq)
+    valid_rows = batching.pack(valid_examples, seq)
+    length = _row_length(train_rows + valid_rows, seq)
+    pad_fraction = batching.padding_fraction(train_rows, length)
+    batch_size = max(1, min(config.train.batch_size, len(train_rows)))
+    accumulation = max(1, config.train.grad_accumulation)
+    micro_per_epoch = math.ceil(len(train_rows) / batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
+    total_steps = steps_per_epoch * config.train.epochs
+    if config.train.max_steps:
+        total_steps = min(total_steps, config.train.max_steps)
+
+    optimizer = optim.AdamW(learning_rate=lr_schedule(config, total_steps), weight_decay=0.0)
+    value_and_grad = nn.value_and_grad(model, loss_fn)
+    state = [model.state, optimizer.state, mx.random.state]
+
+    def micro_step(inputs, targets, mask, segments):
+        (loss, tokens), grad = value_and_grad(model, inputs, targets, mask, segments)
+        return loss, tokens, grad
+
+    def full_step(inputs, targets, mask, segments):
+        loss, tokens, grad = micro_step(inputs, targets, mask, segments)
+        optimizer.update(model, grad)
+        return loss, tokens
+
+    compiled_full = mx.compile(full_step, inputs=state, outputs=state)
+    compiled_micro = mx.compile(micro_step, inputs=state, outputs=state)
+
+    run_dir = run.path
+    checkpoints_dir = run_dir / "checkpoints"
+    best_dir = run_dir / "best"
+    run_state = {"key": key, "status": "running", "base": str(base_path), "data_fingerprint": fingerprint,
+                 "total_steps": total_steps}
+    step, epoch, position = 0, 0, 0
+    best_val, patience_left, best_step = None, config.train.patience, None
+    trained_tokens, resumed_from = 0, None
+    optimizer.init(model.trainable_parameters())
+    if resume_dir is not None:
+        last = list_checkpoints(checkpoints_dir)[-1]
+        saved = load_checkpoint(last, model, optimizer)
+        step, epoch, position = saved["step"], saved["epoch"], saved["position"]
+        best_val, best_step, patience_left = saved["best_val"], saved["best_step"], saved["patience_left"]
+        trained_tokens = saved["trained_tokens"]
+        resumed_from = step
+    atomic_write_json(run_dir / STATE_FILE, run_state)
+
+    def checkpoint_state() -> dict:
+        return {"epoch": epoch, "position": position, "best_val": best_val, "best_step": best_step,
+                "patience_left": patience_left, "trained_tokens": trained_tokens, "key": key}
+
+    history: list[dict] = []
+    stopped_early = False
+    last_loss = None
+    start_time = time.perf_counter()
+    tokens_this_session = 0
+    mx.reset_peak_memory()
+    interrupted = False
+
+    def on_sigterm(signum, frame):  # a polite kill (e.g. from the bootstrap) behaves like Ctrl-C
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        while step < total_steps and not stopped_early:
+            order = batching.epoch_order(len(train_rows), config.train.seed, epoch)
+            accumulated, accumulated_tokens, step_loss, micro_count = None, 0.0, 0.0, 0
+            while position < len(order) and step < total_steps:
+                chosen = [train_rows[i] for i in order[position:position + batch_size]]
+                batch = batching.make_batch(chosen, length + 1)
+                arrays = (mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.loss_mask),
+                          mx.array(batch.segments))
+                position += batch_size
+                mx.random.seed(config.train.seed * 1_000_003 + step * 1_009 + micro_count)
+                if accumulation == 1:
+                    loss, tokens = compiled_full(*arrays)
+                    mx.eval(state, loss, tokens)
+                    step_loss, step_tokens = loss.item(), tokens.item()
+                else:
+                    loss, tokens, grad = compiled_micro(*arrays)
+                    weight = tokens
+                    grad = tree_map(lambda g: g * weight, grad)
+                    accumulated = grad if accumulated is None else tree_map(mx.add, accumulated, grad)
+                    accumulated_tokens += tokens.item()
+                    step_loss += loss.item() * tokens.item()
+                    micro_count += 1
+                    mx.eval(accumulated)
+                    if micro_count < accumulation and position < len(order):
+                        continue
+                    optimizer.update(model, tree_map(lambda g: g / max(accumulated_tokens, 1.0), accumulated))
+                    mx.eval(state)
+                    step_loss, step_tokens = step_loss / max(accumulated_tokens, 1.0), accumulated_tokens
+                    accumulated, accumulated_tokens, micro_count = None, 0.0, 0
+                step += 1
+                last_loss = step_loss
+                real = int(sum(len(r.ids) for r in chosen))
+                trained_tokens += real
+                tokens_this_session += real
+                elapsed = time.perf_counter() - start_time
+                record = {"step": step, "epoch": epoch + position / len(order), "loss": step_loss,
+                          "trainable_tokens": step_tokens, "tokens": real,
+                          "learning_rate": float(optimizer.learning_rate.item()),
+                          "tokens_per_second": tokens_this_session / elapsed if elapsed > 0 else 0.0,
+                          "peak_memory_bytes": int(mx.get_peak_memory())}
+                evaluate_now = step % config.train.steps_per_eval == 0 or step == total_steps or position >= len(order)
+                if evaluate_now and valid_rows:
+                    val = evaluate_loss(model, valid_rows, length, batch_size)
+                    record["val_loss"] = val
+                    if best_val is None or val < best_val - 1e-4:
+                        best_val, best_step, patience_left = val, step, config.train.patience
+                        write_dir_atomically(best_dir, lambda d: save_adapter(d, model, adapter_config))
+                    else:
+                        patience_left -= 1
+                        if patience_left <= 0:
+                            stopped_early = True
+                run.log_metrics(**record)
+                history.append(record)
+                if progress:
+                    progress({**record, "total_steps": total_steps, "best_val_loss": best_val})
+                if step % config.train.steps_per_checkpoint == 0 or step == total_steps or stopped_early:
+                    save_checkpoint(checkpoints_dir, step, model, optimizer, adapter_config, checkpoint_state())
+                    prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints, set())
+                if stopped_early:
+                    break
+            if position >= len(order):
+                epoch, position = epoch + 1, 0
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    if interrupted:
+        save_checkpoint(checkpoints_dir, step, model, optimizer, adapter_config, checkpoint_state())
+        atomic_write_json(run_dir / STATE_FILE, {**run_state, "status": "interrupted", "step": step})
+        raise TrainingInterrupted(f"training stopped at step {step}/{total_steps}; a checkpoint was saved in {checkpoints_dir}",
+                                  "run the same command again to resume (or add --resume); --no-resume starts over")
+
+    if not valid_rows or not best_dir.exists():
+        write_dir_atomically(best_dir, lambda d: save_adapter(d, model, adapter_config))
+    adapter_dir = write_dir_atomically(run_dir / "adapters", lambda d: _copy_adapter(best_dir, d))
+    elapsed = time.perf_counter() - start_time
+    result = TrainResult(run_dir, adapter_dir, step, total_steps, best_val, last_loss, trained_tokens,
+                         tokens_this_session / elapsed if elapsed > 0 else 0.0, int(mx.get_peak_memory()),
+                         pad_fraction, stopped_early, resumed_from,
+                         sum(e.truncated for e in train_examples + valid_examples), history)
+    atomic_write_json(run_dir / STATE_FILE, {**run_state, "status": "finished", "step": step,
+                                             "result": result.to_dict()})
+    plot_loss(run.metrics_path, run_dir / "loss.png")
+    return result
+
+
+def _copy_adapter(source: Path, target: Path) -> None:
+    for name in ("adapters.safetensors", "adapter_config.json"):
+        shutil.copy2(source / name, target / name)
+
+
+def plot_loss(metrics_path: Path, out: Path) -> Path | None:
+    """Training and validation loss against step, from metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not Path(metrics_path).exists():
+        return None
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "step" in r and "loss" in r]
+    if not rows:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss", linewidth=1)
+    val = [r for r in rows if r.get("val_loss") is not None]
+    if val:
+        axis.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    axis.set_xlabel("step")
+    axis.set_ylabel("loss (DM tokens)")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out

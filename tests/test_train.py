@@ -1,0 +1,168 @@
+"""The trainer: packing and masks, exact resume after SIGKILL, Ctrl-C, early stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_dm.train import batching
+from mlx_dm.train.trainer import attention_mask
+
+from .conftest import ROOT
+
+STARTER = sorted((ROOT / "ai-training" / "data" / "scenarios").rglob("*.md"))
+
+
+def make_project(tmp_path: Path, n_files: int = 8, extra_toml: str = "") -> Path:
+    project = tmp_path / "project"
+    for source in STARTER[:: max(1, len(STARTER) // n_files)][:n_files]:
+        target = project / "ai-training" / source.relative_to(ROOT / "ai-training")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target)
+    (project / "mlx-dm.toml").write_text(
+        "[train]\nsteps_per_checkpoint = 2\nsteps_per_eval = 2\nmax_seq_length = 128\nbatch_size = 2\n" + extra_toml)
+    return project
+
+
+def mlx_dm(project: Path, *args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mlx_dm", "-C", str(project), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    out = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        out[record["step"]] = record["loss"]
+    return out
+
+
+def run_dirs(project: Path) -> list[Path]:
+    return sorted((project / "runs").iterdir()) if (project / "runs").exists() else []
+
+
+def test_tokenize_masks_only_model_turns(tmp_path):
+    from mlx_dm.data.render import render_messages
+    from mlx_dm.model.tiny import build_tiny_model
+    from mlx_dm.model.load import load_model
+
+    tokenizer = load_model(build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")).tokenizer
+    rendered = render_messages([{"role": "user", "content": "I look around."},
+                                {"role": "assistant", "content": "Roll! [roll: perception]"}])
+    example = batching.tokenize_record(tokenizer, {"text": rendered.text, "train_spans": rendered.train_spans}, 512)
+    masked = tokenizer._tokenizer.decode([t for t, m in zip(example.ids, example.loss_mask) if m])
+    assert masked == "Roll! [roll: perception]<end_of_turn>"
+
+
+def test_packing_and_block_diagonal_mask():
+    examples = [batching.TokenizedExample(str(i), list(range(1, n + 1)), [1] * n) for i, n in enumerate([5, 3, 4, 2])]
+    rows = batching.pack(examples, 8)
+    assert sorted(len(r.ids) for r in rows) == [6, 8]  # first fit decreasing: 5+3, 4+2
+    batch = batching.make_batch(rows, 9)
+    mask = np.array(attention_mask(mx.array(batch.segments)))[:, 0]
+    for b in range(2):
+        seg = batch.segments[b]
+        for i in range(8):
+            for j in range(8):
+                expected = (j <= i and seg[i] == seg[j]) or i == j
+                assert mask[b, i, j] == expected
+    # A target never crosses from one scenario into the next.
+    row = rows[0]
+    boundary = int(np.argmax(row.segments != row.segments[0]))
+    assert batch.loss_mask[0, boundary - 1] == 0
+    assert batching.padding_fraction(rows, 8) == pytest.approx(1 - 14 / 16)
+
+
+def test_packed_rows_compute_what_each_scenario_computes_alone(tmp_path):
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import build_tiny_model
+
+    model = load_model(build_tiny_model(tmp_path / "tiny", None), dtype="float32").model
+    a, b = [2, 5, 40, 41, 42, 43, 44, 45, 46], [2, 5, 50, 51, 52]
+    packed = mx.array([a + b])
+    segments = mx.array([[1] * len(a) + [2] * len(b)])
+    together = model(packed, mask=attention_mask(segments))
+    alone_b = model(mx.array([b]))
+    assert np.abs(np.array(together[0, len(a):]) - np.array(alone_b[0])).max() < 1e-4
+
+
+def test_epoch_order_is_reproducible():
+    assert batching.epoch_order(10, 3, 1) == batching.epoch_order(10, 3, 1)
+    assert batching.epoch_order(10, 3, 1) != batching.epoch_order(10, 3, 2)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    steps = "10"
+    reference = make_project(tmp_path / "a")
+    done = mlx_dm(reference, "train", "--dev", "--max-steps", steps)
+    out, _ = done.communicate(timeout=600)
+    assert done.returncode == 0, out
+    expected = losses(run_dirs(reference)[0])
+
+    project = make_project(tmp_path / "b")
+    proc = mlx_dm(project, "train", "--dev", "--max-steps", steps)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        dirs = run_dirs(project)
+        if dirs and (dirs[0] / "checkpoints" / "step-0000004").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dirs(project)[0] / "adapters").exists()  # no result from a killed run
+    resumed = mlx_dm(project, "train", "--dev", "--max-steps", steps)
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resuming" in out
+    assert len(run_dirs(project)) == 1
+    got = losses(run_dirs(project)[0])
+    assert sorted(got) == sorted(expected)
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-5), step
+    assert (run_dirs(project)[0] / "adapters" / "adapters.safetensors").exists()
+    assert (run_dirs(project)[0] / "loss.png").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    project = make_project(tmp_path)
+    proc = mlx_dm(project, "train", "--dev", "--max-steps", "200")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        dirs = run_dirs(project)
+        if dirs and (dirs[0] / "metrics.jsonl").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "run the same command again to resume" in out
+    state = json.loads((run_dirs(project)[0] / "train_state.json").read_text())
+    assert state["status"] == "interrupted"
+    assert any(p.name.startswith("step-") for p in (run_dirs(project)[0] / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_the_best_adapter(tmp_path):
+    # A learning rate this high makes validation loss rise at once: patience 1 stops the run.
+    project = make_project(tmp_path, extra_toml="patience = 1\n")
+    proc = mlx_dm(project, "train", "--dev", "--epochs", "20", "--max-steps", "40", "--learning-rate", "0.5")
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    run = run_dirs(project)[0]
+    state = json.loads((run / "train_state.json").read_text())["result"]
+    assert state["stopped_early"] and state["steps"] < 40
+    best = mx.load(str(run / "best" / "adapters.safetensors"))
+    final = mx.load(str(run / "adapters" / "adapters.safetensors"))
+    assert all(np.array_equal(np.array(best[k]), np.array(final[k])) for k in best)
