@@ -313,6 +313,129 @@ def apply_dev_profile(config: Config, explicit: dict) -> None:
     config.train.steps_per_checkpoint = min(config.train.steps_per_checkpoint, 8)
 
 
+def _latest_adapter(config: Config) -> Path:
+    from .errors import ExportError
+
+    runs = config.path(config.runs_dir)
+    candidates = sorted(runs.glob("*/adapters/adapters.safetensors")) if runs.is_dir() else []
+    if not candidates:
+        raise ExportError(f"no trained adapter in {runs}", "train first: `mlx-dm train` (or `npm run train`)")
+    return candidates[-1].parent
+
+
+def model_name(base_model: str) -> str:
+    if base_model == "tiny":
+        return "dm-tiny-gemma3n"
+    return "dm-" + base_model.split("/")[-1].lower().replace("-it", "").replace("_", "-")
+
+
+def run_export(config: Config, base_path: Path, adapter: Path, quant: str, n_ctx: int, vision: bool):
+    from .export.pipeline import export_model
+
+    run_dir = adapter.parent
+    result = export_model(base_path, adapter, run_dir / "export", Path(config.project_dir),
+                          config.path(config.data.dataset_dir), model_name(config.model.base_model),
+                          config.model.base_model, run_dir.name, quant, n_ctx, vision,
+                          say=lambda text: console.print(f"[bold]export[/bold] {text}"))
+    for parity in result.parity:
+        console.print(f"parity {Path(parity.gguf).name}: argmax agreement {parity.argmax_agreement:.3f}, "
+                      f"max logit diff {parity.max_logit_diff:.4f}, greedy equal {parity.greedy_equal}/{parity.greedy_total}")
+    from .export.place import cactus_snippet
+
+    placed = result.placed
+    console.print(f"[green]model[/green] {placed.gguf_path} ({placed.size_bytes / 1e6:.1f} MB, {placed.quant}, {placed.version})")
+    console.print("[bold]cactus.ts[/bold] (also in assets/models/cactus-config.ts and cactus-config.json):")
+    console.print(escape(cactus_snippet(placed)), markup=True)
+    console.print(f"report: {run_dir / 'export' / 'export-report.md'}")
+    return result
+
+
+@app.command("export")
+def export_command(
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A run's adapters/ folder (default: the newest run)."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model the adapter was trained on (default: from the run)."),
+    quant: str = typer.Option("Q4_K_M", "--quant", help="Q4_K_M, Q4_0, Q5_K_M, Q8_0, IQ4_XS, F16, ..."),
+    n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length the app will use."),
+    vision: bool = typer.Option(False, "--vision", help="Also write the vision projector (mmproj)."),
+) -> None:
+    """Fuse the adapter, convert with llama.cpp, quantise, check, and place the GGUF in assets/models."""
+    import json as _json
+
+    from .model.hub import resolve_base
+
+    config = _config()
+    adapter_dir = adapter or _latest_adapter(config)
+    run_config = adapter_dir.parent / "config.json"
+    if base is None and run_config.exists():
+        base = _json.loads(run_config.read_text())["model"]["base_model"]
+    config.model.base_model = base or config.model.base_model
+    base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
+    run_export(config, base_path, adapter_dir, quant, n_ctx, vision)
+
+
+@app.command("run")
+def run_command(
+    base: Optional[str] = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, or 'tiny'."),
+    dev: bool = typer.Option(False, "--dev", help="The built-in tiny offline Gemma 3n with a short schedule."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=0),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", min=0.0),
+    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", min=32),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", min=1),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume"),
+    quant: str = typer.Option("Q4_K_M", "--quant"),
+    n_ctx: int = typer.Option(2048, "--n-ctx"),
+    validate_only: bool = typer.Option(False, "--validate-only", help="Validate the data and the current model; no training."),
+) -> None:
+    """The whole job: scenarios → dataset → LoRA training → GGUF in assets/models with the Cactus config."""
+    from .model.hub import resolve_base
+
+    explicit = _train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_length, lora_rank, seed)
+    config = _config(train=explicit, model={"base_model": base})
+    if dev:
+        apply_dev_profile(config, explicit)
+    config_table = Table(title="configuration", show_header=False)
+    config_table.add_row("base model", config.model.base_model)
+    for key in ("epochs", "max_steps", "batch_size", "max_seq_length", "learning_rate", "lora_rank", "compute_dtype"):
+        config_table.add_row(key, str(getattr(config.train, key)))
+    console.print(config_table)
+    console.print("[bold]1/3 data[/bold]")
+    dataset, dataset_dir = build_dataset_from_config(config)
+    s = dataset.summary
+    console.print(f"{s.accepted} scenarios ({s.train} train, {s.valid} validation), {len(s.rejected)} rejected, "
+                  f"{s.warnings} warnings; report {dataset_dir / 'report.md'}")
+    if validate_only:
+        validate_current_model(config)
+        return
+    base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
+    console.print(f"[bold]2/3 train[/bold] on {base_path}")
+    result = run_training(config, dataset_dir, base_path, resume)
+    console.print("[bold]3/3 export[/bold]")
+    run_export(config, base_path, result.adapter_dir, quant, n_ctx, vision=False)
+
+
+def validate_current_model(config: Config) -> None:
+    """The current model in assets/models: loads in llama.cpp, right template and stop token."""
+    import json as _json
+
+    from .errors import ValidationFailed
+    from .export.check import check_gguf
+
+    manifest = config.path("assets/models/manifest.json")
+    if not manifest.exists():
+        console.print("no model in assets/models yet: data validated only")
+        return
+    current = _json.loads(manifest.read_text())["current"]
+    check = check_gguf(config.path(current["gguf_path"]),
+                       "<bos><start_of_turn>user\nI open the door.<end_of_turn>\n<start_of_turn>model\n")
+    console.print(f"{current['gguf_path']}: loads {check.loads}, {check.architecture}, "
+                  f"Gemma template {check.chat_template_matches}, <end_of_turn> {check.has_end_of_turn}")
+    if not check.ok:
+        raise ValidationFailed("; ".join(check.problems), "re-export the model: `mlx-dm export`")
+
+
 def main() -> None:
     """Entry point: errors print as message + hint, without a traceback unless --debug."""
     try:

@@ -1,0 +1,137 @@
+"""HF checkpoint → f16 GGUF (llama.cpp's own converter) → quantised GGUF (in-process, llama_cpp).
+
+The converter is vendored in `converters/llama_cpp_<version>/` from the llama-cpp-python sdist
+of exactly the version we install, with its own gguf-py (a different PyPI `gguf` fails to
+convert Gemma 3n). It runs as a subprocess so its imports never mix with ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import ExportError
+
+CONVERTER_VERSION = "0.3.36"
+QUANT_TYPES = {
+    "F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
+    "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_XS": 30,
+}
+
+
+def converter_dir() -> Path:
+    here = Path(__file__).resolve().parents[2] / "converters" / f"llama_cpp_{CONVERTER_VERSION}"
+    if not (here / "convert_hf_to_gguf.py").exists():
+        raise ExportError(f"llama.cpp converter not found at {here}",
+                          "install mlx-dm from its repository (pip install -e .) so converters/ is present")
+    installed = importlib.metadata.version("llama_cpp_python")
+    if installed != CONVERTER_VERSION:
+        raise ExportError(f"llama_cpp_python {installed} is installed but the converter is from {CONVERTER_VERSION}",
+                          f"pip install llama-cpp-python=={CONVERTER_VERSION} (the versions must match)")
+    return here
+
+
+def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file: Path | None = None) -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py; writes ``out_file`` atomically."""
+    script = converter_dir() / "convert_hf_to_gguf.py"
+    out_file = Path(out_file)
+    tmp = out_file.with_name(f".{out_file.name}.partial")
+    needed = sum(p.stat().st_size for p in Path(hf_dir).glob("*.safetensors"))
+    ensure_disk(out_file.parent, needed * (2 if outtype == "f32" else 1.1))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py
+    try:
+        result = subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype],
+                                capture_output=True, text=True, env=env)
+        if log_file:
+            Path(log_file).write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-8:])
+            raise ExportError(f"llama.cpp's converter failed on {hf_dir}:\n{tail}",
+                              "the full log is in the run folder; check that the checkpoint has tokenizer.model and config.json")
+        os.replace(tmp, out_file)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_file
+
+
+def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int = 0) -> Path:
+    """Quantise in-process with llama_cpp.llama_model_quantize; writes ``out_file`` atomically."""
+    import llama_cpp
+
+    quant = quant.upper()
+    if quant not in QUANT_TYPES:
+        raise ExportError(f"unknown quantisation type {quant}", f"choose one of {', '.join(QUANT_TYPES)}")
+    ensure_disk(Path(out_file).parent, Path(in_file).stat().st_size * 0.6)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = QUANT_TYPES[quant]
+    params.nthread = threads or (os.cpu_count() or 1)
+    out_file = Path(out_file)
+    tmp = out_file.with_name(f".{out_file.name}.partial")
+    try:
+        with quiet_llama_logs():
+            code = llama_cpp.llama_model_quantize(str(in_file).encode(), str(tmp).encode(), params)
+        if code != 0:
+            raise ExportError(f"llama.cpp could not quantise {in_file} to {quant} (code {code})",
+                              "try another type with --quant (e.g. Q8_0), and check the f16 GGUF loads")
+        os.replace(tmp, out_file)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_file
+
+
+_NO_LOG = None
+
+
+@contextlib.contextmanager
+def quiet_llama_logs():
+    """llama.cpp prints a line per tensor while quantising; keep the console readable."""
+    global _NO_LOG
+    import llama_cpp
+
+    if _NO_LOG is None:
+        _NO_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+    llama_cpp.llama_log_set(_NO_LOG, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        from llama_cpp import _logger  # llama-cpp-python's own callback (it honours verbose=False)
+
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
+def ensure_disk(folder: Path, needed_bytes: float) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise ExportError(f"not enough disk in {folder}: {free / 1e9:.1f} GB free, about {needed_bytes / 1e9:.1f} GB needed",
+                          "free some space (old runs in runs/ and old versions in assets/models/versions can go)")
+
+
+def gguf_metadata(path: Path) -> dict:
+    """Key/value metadata of a GGUF file, read with the gguf package."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    out = {}
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores",
+                                                          "tokenizer.ggml.token_type", "tokenizer.ggml.merges"):
+            out[key] = f"<{len(field.data)} entries>"
+            continue
+        try:
+            value = field.contents()
+        except Exception:  # noqa: BLE001 - a field gguf-py cannot render is reported as such
+            value = "<unreadable>"
+        out[key] = value
+    out["_tensor_types"] = sorted({t.tensor_type.name for t in reader.tensors})
+    return out

@@ -1,0 +1,138 @@
+"""Export stage: fuse → f16 GGUF → quantised GGUF → checks and parity → place in assets/models.
+
+Everything is written inside the run folder first; assets/models only changes once the checks
+pass, and then only by adding a new version's files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ExportError
+from ..runs import atomic_write_json, atomic_write_text
+from .check import GgufCheck, Parity, check_gguf, parity
+from .fuse import fuse
+from .gguf import convert_to_gguf, gguf_metadata, quantize
+from .place import PlacedModel, cactus_snippet, place
+
+
+@dataclass
+class ExportResult:
+    fused_dir: Path
+    f16_gguf: Path
+    gguf: Path
+    quant: str
+    checks: list[GgufCheck]
+    parity: list[Parity]
+    placed: PlacedModel | None
+    timings: dict[str, float]
+    sizes: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return {"fused_dir": str(self.fused_dir), "f16_gguf": str(self.f16_gguf), "gguf": str(self.gguf),
+                "quant": self.quant, "checks": [asdict(c) for c in self.checks],
+                "parity": [p.to_dict() for p in self.parity], "placed": asdict(self.placed) if self.placed else None,
+                "timings": self.timings, "sizes": self.sizes}
+
+
+def parity_sequences(tokenizer, dataset_dir: Path, limit: int = 4) -> list[tuple[list[int], int]]:
+    """(ids, reply start) for the first model reply of a few validation scenarios."""
+    from ..data.render import render_messages
+
+    path = Path(dataset_dir) / "valid.jsonl"
+    if not path.exists() or not path.read_text().strip():
+        path = Path(dataset_dir) / "train.jsonl"
+    sequences = []
+    for line in path.read_text().splitlines()[:limit]:
+        messages = json.loads(line)["messages"]
+        first_reply = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        prompt = render_messages(messages[:first_reply], add_generation_prompt=True).text
+        full = render_messages(messages[: first_reply + 1]).text
+        prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+        full_ids = tokenizer.encode(full, add_special_tokens=False)
+        sequences.append((full_ids[:768], min(len(prompt_ids), 767)))
+    return sequences
+
+
+def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir: Path, dataset_dir: Path,
+                 name: str, base_model: str, run_name: str, quant: str = "Q4_K_M", n_ctx: int = 2048,
+                 vision: bool = False, say: Callable[[str], None] = print) -> ExportResult:
+    from ..model.load import load_model
+
+    if vision:
+        raise ExportError("a vision projector (mmproj) was asked for, but this export is text-only",
+                          "llama.cpp 0.3.36's converter has Gemma3nVisionAudioModel, but the tiny model has no towers; "
+                          "export from a base with vision weights, or drop --vision (a text DM needs no mmproj)")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    say("fusing the adapter into the base weights")
+    fused_dir = fuse(base_dir, adapter_dir, work_dir / "fused")
+    timings["fuse_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say("converting with llama.cpp's convert_hf_to_gguf.py (f16)")
+    f16 = convert_to_gguf(fused_dir, work_dir / f"{name}-f16.gguf", "f16", log_file=work_dir / "convert.log")
+    timings["convert_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say(f"quantising to {quant}")
+    gguf = quantize(f16, work_dir / f"{name}-{quant}.gguf", quant)
+    timings["quantize_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    say("checking the GGUF files with llama.cpp")
+    loaded = load_model(fused_dir, dtype="float32")
+    sequences = parity_sequences(loaded.tokenizer, dataset_dir)
+    prompt = loaded.tokenizer.decode(sequences[0][0][: sequences[0][1]]) if sequences else "<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
+    checks = [check_gguf(f16, prompt), check_gguf(gguf, prompt)]
+    parities = [parity(loaded.model, f16, sequences), parity(loaded.model, gguf, sequences)] if sequences else []
+    timings["check_s"] = time.perf_counter() - start
+    sizes = {"f16_bytes": f16.stat().st_size, "gguf_bytes": gguf.stat().st_size}
+    result = ExportResult(fused_dir, f16, gguf, quant, checks, parities, None, timings, sizes)
+    failed = [problem for check in checks for problem in check.problems] + [
+        f"{Path(c.path).name} did not load" for c in checks if not c.loads]
+    if failed:
+        write_report(work_dir, result, gguf_metadata(gguf))
+        raise ExportError("the exported GGUF failed its checks: " + "; ".join(failed),
+                          f"see {work_dir / 'export-report.md'}; the model in assets/models was left as it was")
+    result.placed = place(gguf, project_dir, name, quant, base_model, run_name,
+                          (Path(dataset_dir) / "fingerprint.txt").read_text().strip(), n_ctx)
+    write_report(work_dir, result, gguf_metadata(gguf))
+    return result
+
+
+def write_report(work_dir: Path, result: ExportResult, metadata: dict) -> None:
+    data = result.to_dict()
+    data["metadata"] = {k: v for k, v in metadata.items() if not k.startswith("tokenizer.chat_template")}
+    atomic_write_json(work_dir / "export-report.json", data)
+    lines = ["# Export report", "",
+             f"- GGUF: `{result.gguf.name}` ({result.sizes['gguf_bytes'] / 1e6:.1f} MB, {result.quant}); "
+             f"f16: {result.sizes['f16_bytes'] / 1e6:.1f} MB",
+             f"- Tensor types: {', '.join(metadata.get('_tensor_types', []))}",
+             f"- Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()), "",
+             "## Checks (llama.cpp)", "", "| file | loads | architecture | chat template | <end_of_turn> | context | sample |",
+             "|---|---|---|---|---|---|---|"]
+    for c in result.checks:
+        lines.append(f"| {Path(c.path).name} | {c.loads} | {c.architecture} | {'Gemma' if c.chat_template_matches else 'WRONG'} "
+                     f"| {c.has_end_of_turn} | {c.context_length} | {c.sample[:40]!r} |")
+    lines += ["", "## Parity with the fused MLX model (float32)", "",
+              "Teacher-forced over the first DM reply of validation scenarios, then free-running greedy.", "",
+              "| file | positions | argmax agreement | max logit diff | mean logit diff | greedy equal | max diff with llama.cpp's std |",
+              "|---|---|---|---|---|---|---|"]
+    for p in result.parity:
+        lines.append(f"| {Path(p.gguf).name} | {p.positions} | {p.argmax_agreement:.3f} | {p.max_logit_diff:.4f} | "
+                     f"{p.mean_logit_diff:.4f} | {p.greedy_equal}/{p.greedy_total} | {p.llama_cpp_std_max_logit_diff:.4f} |")
+    lines += ["", "llama.cpp computes Gemma 3n's activation-sparsity cut-off with the sample standard deviation "
+              "(n-1); Hugging Face and MLX use the population one (n). The last column shows the difference once "
+              "MLX uses llama.cpp's convention: what is left is f16 rounding. The effect shrinks with the MLP width "
+              "(about 64 times smaller for E2B's 8192 than for the tiny model's 128)."]
+    if result.placed:
+        lines += ["", "## In the app", "", f"`{result.placed.gguf_path}` (sha256 `{result.placed.sha256[:16]}…`)", "",
+                  "```ts", cactus_snippet(result.placed).rstrip(), "```"]
+    atomic_write_text(work_dir / "export-report.md", "\n".join(lines) + "\n")

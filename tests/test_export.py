@@ -1,0 +1,127 @@
+"""Export: the whole pipeline on the tiny model, GGUF checks, parity, placement, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlx_dm.errors import ExportError
+from mlx_dm.export.fuse import check_adapter
+from mlx_dm.export.gguf import gguf_metadata, quantize
+from mlx_dm.export.place import cactus_snippet, next_version
+
+from .test_train import make_project
+
+
+def cli(project: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlx_dm", "-C", str(project), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("export"), n_files=10)
+    result = cli(project, "run", "--dev", "--max-steps", "6")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return project, result
+
+
+@pytest.mark.slow
+def test_run_dev_places_a_checked_gguf_with_cactus_config(exported):
+    project, result = exported
+    models = project / "assets" / "models"
+    ggufs = sorted(models.glob("*.gguf"))
+    assert [p.name for p in ggufs] == ["dm-tiny-gemma3n-v1-Q4_K_M.gguf"]
+    manifest = json.loads((models / "manifest.json").read_text())["current"]
+    assert manifest["quant"] == "Q4_K_M" and manifest["size_bytes"] == ggufs[0].stat().st_size
+    assert manifest["base_model"] == "tiny" and len(manifest["sha256"]) == 64
+    config = json.loads((models / "cactus-config.json").read_text())
+    assert config["loader"] == "CactusLM" and config["mmprojPath"] is None and "<end_of_turn>" in config["stop"]
+    assert (project / config["modelAsset"]).exists()
+    snippet = (models / "cactus-config.ts").read_text()
+    assert "require('../assets/models/dm-tiny-gemma3n-v1-Q4_K_M.gguf')" in snippet and "mmprojPath" not in snippet.split("no mmprojPath")[1]
+    assert "export const modelPath" in result.stdout
+    meta = gguf_metadata(ggufs[0])
+    assert meta["general.architecture"] == "gemma3n"
+    assert "Q4_K" in meta["_tensor_types"]
+
+
+@pytest.mark.slow
+def test_export_report_parity_and_checks(exported):
+    project, _ = exported
+    run = next((project / "runs").iterdir())
+    report = json.loads((run / "export" / "export-report.json").read_text())
+    f16_check, q_check = report["checks"]
+    for check in (f16_check, q_check):
+        assert check["loads"] and check["architecture"] == "gemma3n"
+        assert check["chat_template_matches"] and check["has_end_of_turn"] and check["problems"] == []
+    f16_parity, q_parity = report["parity"]
+    # The f16 file holds the trained weights: position-by-position it predicts what MLX predicts.
+    assert f16_parity["argmax_agreement"] >= 0.85
+    # Once MLX uses llama.cpp's sample-std sparsity, what is left is f16 arithmetic.
+    assert f16_parity["llama_cpp_std_max_logit_diff"] < 0.6
+    assert f16_parity["llama_cpp_std_max_logit_diff"] < f16_parity["max_logit_diff"]
+    assert (run / "export" / "export-report.md").read_text().count("|") > 20
+
+
+@pytest.mark.slow
+def test_second_export_adds_a_version_and_keeps_the_first(exported):
+    project, _ = exported
+    first = (project / "assets" / "models" / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes()
+    result = cli(project, "export", "--quant", "Q8_0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    models = project / "assets" / "models"
+    assert (models / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes() == first
+    assert (models / "dm-tiny-gemma3n-v2-Q8_0.gguf").exists()
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert [v["version"] for v in manifest["versions"]] == ["v1", "v2"] and manifest["current"]["version"] == "v2"
+    assert not list(models.glob(".*partial"))
+
+
+@pytest.mark.slow
+def test_mismatched_adapter_is_refused_and_assets_untouched(exported, tmp_path):
+    project, _ = exported
+    run = next((project / "runs").iterdir())
+    before = sorted(p.name for p in (project / "assets" / "models").iterdir())
+    other_base = tmp_path / "other"
+    from mlx_dm.model.tiny import TinySpec, build_tiny_model
+
+    build_tiny_model(other_base, None, TinySpec(hidden_size=128))
+    result = cli(project, "export", "--adapter", str(run / "adapters"), "--base", str(other_base))
+    assert result.returncode == 6
+    assert "width 64" in result.stderr and "width 128" in result.stderr and "hint:" in result.stderr
+    assert sorted(p.name for p in (project / "assets" / "models").iterdir()) == before
+
+
+def test_missing_adapter_error(tmp_path):
+    with pytest.raises(ExportError, match="no adapter"):
+        check_adapter(tmp_path, tmp_path)
+
+
+def test_export_without_any_run_says_train_first(tmp_path):
+    result = cli(tmp_path, "export")
+    assert result.returncode == 6 and "train first" in result.stderr
+
+
+def test_quantize_rejects_unknown_type(tmp_path):
+    with pytest.raises(ExportError, match="unknown quantisation type"):
+        quantize(tmp_path / "in.gguf", tmp_path / "out.gguf", "Q9_X")
+
+
+def test_next_version_and_snippet(tmp_path):
+    assert next_version(tmp_path, "dm") == "v1"
+    (tmp_path / "dm-v1-Q4_K_M.gguf").write_bytes(b"x")
+    (tmp_path / "dm-v7-Q8_0.gguf").write_bytes(b"x")
+    (tmp_path / "other-v9-Q8_0.gguf").write_bytes(b"x")
+    assert next_version(tmp_path, "dm") == "v8"
+    from mlx_dm.export.place import PlacedModel
+
+    placed = PlacedModel("dm", "v2", "Q4_K_M", "assets/models/dm-v2-Q4_K_M.gguf", "assets/models/dm-v2-mmproj.gguf",
+                         "0" * 64, 1, "b", "r", "f", 2048, "now")
+    snippet = cactus_snippet(placed)
+    assert "CactusVLM.init" in snippet and re.search(r"mmprojPath = `\$\{FileSystem.documentDirectory\}dm-v2-mmproj.gguf`", snippet)
