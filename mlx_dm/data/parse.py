@@ -105,10 +105,13 @@ def _split_heading_form(lines: list[str]) -> tuple[str, list[_Block], list[tuple
     headings: list[tuple[int, int, str]] = []  # (index, level, text)
     in_fence = False
     for index, line in enumerate(lines):
+        first = line[:1]
+        if first not in ("#", "`", "~", " ", "\t"):
+            continue  # the common case, decided without a regex
         if _FENCE.match(line):
             in_fence = not in_fence
             continue
-        if not in_fence:
+        if not in_fence and first == "#":
             match = _HEADING.match(line)
             if match:
                 headings.append((index, len(match.group(1)), match.group(2)))

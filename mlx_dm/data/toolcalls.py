@@ -18,6 +18,7 @@ APP_CALL_PATTERN_JS = r"/\[(\w+):([^\]]+)\]/g"
 _BRACKETED = re.compile(r"\[([^\[\]\n]*)\](?!\()")
 _UNCLOSED = re.compile(r"\[([a-z][a-z0-9_ ]{0,30}):[^\]\n]*$")
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
+_NEWLINE = re.compile("\n")
 DICE_PATTERN = re.compile(r"\b(\d*)d(\d+)((?:\s*[+-]\s*\d+)*)\b", re.IGNORECASE)
 TYPOGRAPHIC = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u00a0": " "})
 
@@ -37,6 +38,8 @@ class LookAlike:
 def find_calls(text: str, first_line: int) -> list[ToolCall]:
     """Calls exactly as the app's regex finds them, with 1-based line and column."""
     calls = []
+    if "[" not in text:
+        return calls
     line_starts = _line_starts(text)
     for match in APP_CALL_PATTERN.finditer(text):
         line, column = _position(line_starts, match.start())
@@ -55,7 +58,11 @@ def find_calls(text: str, first_line: int) -> list[ToolCall]:
 def find_look_alikes(text: str, first_line: int) -> list[LookAlike]:
     """Bracketed text that is meant as a call but that the app's regex would miss or mangle."""
     found = []
+    if "[" not in text:
+        return found
     for offset, line in enumerate(text.split("\n")):
+        if "[" not in line:
+            continue
         for match in _BRACKETED.finditer(line):
             inner = match.group(1)
             column = match.start() + 1
@@ -156,11 +163,7 @@ def match_results(calls: list[ToolCall], result_lines: list[tuple[str, int]]) ->
 
 
 def _line_starts(text: str) -> list[int]:
-    starts = [0]
-    for index, char in enumerate(text):
-        if char == "\n":
-            starts.append(index + 1)
-    return starts
+    return [0] + [match.end() for match in _NEWLINE.finditer(text)]
 
 
 def _position(line_starts: list[int], offset: int) -> tuple[int, int]:
