@@ -9,6 +9,7 @@ file, line and a fix.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -60,6 +61,7 @@ def clean_text(text: str) -> str:
     return toolcalls.normalise_call_quotes(text).strip("\n") + "\n"
 
 
+@functools.lru_cache(maxsize=4096)
 def _keyword(heading: str) -> str | None:
     text = _EMPHASIS.sub("", heading.strip()).strip()
     match = _KEYWORD.match(text)
@@ -75,6 +77,7 @@ def _keyword(heading: str) -> str | None:
     return TOOLCALL
 
 
+@functools.lru_cache(maxsize=16384)
 def _key_value(line: str) -> tuple[str, str] | None:
     match = _KEY_VALUE.match(line)
     if not match:
