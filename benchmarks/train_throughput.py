@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,16 @@ def prepare(base: str, work: Path) -> tuple[Path, Path]:
 def run_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, batch: int, lr: float) -> dict:
     config = work / "lora.yaml"
     config.write_text("lora_parameters:\n  rank: 8\n  scale: 2.0\n  dropout: 0.0\n  keys: [" + ", ".join(LORA_KEYS) + "]\n")
-    code = ("import sys, mlx_dm; from mlx_lm.lora import main; sys.argv = ['mlx_lm.lora'] + sys.argv[1:]; main()")
+    code = (
+        "import json, sys, mlx_dm\n"
+        "import mlx_lm.lora as lora\n"
+        "from mlx_lm.tuner.trainer import TrainingCallback\n"
+        "class Report(TrainingCallback):\n"
+        "    def on_train_loss_report(self, info):\n"
+        "        print('MLXDM_REPORT ' + json.dumps(info), flush=True)\n"
+        "lora.get_reporting_callbacks = lambda *args, **kwargs: Report()\n"
+        "sys.argv = ['mlx_lm.lora'] + sys.argv[1:]\n"
+        "lora.main()\n")
     args = [sys.executable, "-c", code, "--model", str(base_path), "--train", "--data", str(data), "--iters", str(steps),
             "--batch-size", str(batch), "--max-seq-length", str(seq), "--num-layers", "-1", "--learning-rate", str(lr),
             "--steps-per-report", str(steps), "--steps-per-eval", str(10 * steps), "--adapter-path",
@@ -56,13 +64,12 @@ def run_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, bat
     text = out.stdout + out.stderr
     if out.returncode != 0:
         raise SystemExit(f"mlx_lm.lora failed:\n{text[-3000:]}")
-    report = [line for line in text.splitlines() if "Train loss" in line][-1]
-    return {
-        "loss": float(re.search(r"Train loss ([\d.]+)", report).group(1)),
-        "tokens_per_second": float(re.search(r"Tokens/sec ([\d.]+)", report).group(1)),
-        "peak_memory_gb": float(re.search(r"Peak mem ([\d.]+) GB", report).group(1)),
-        "trained_tokens": int(re.search(r"Trained Tokens (\d+)", report).group(1)),
-    }
+    reports = [json.loads(line.split(" ", 1)[1]) for line in text.splitlines() if line.startswith("MLXDM_REPORT ")]
+    if not reports:
+        raise SystemExit(f"no training report from mlx_lm.lora:\n{text[-3000:]}")
+    report = reports[-1]
+    return {"loss": report["train_loss"], "tokens_per_second": report["tokens_per_second"],
+            "peak_memory_gb": report["peak_memory"], "trained_tokens": report["trained_tokens"]}
 
 
 def run_ours(base: str, work: Path, steps: int, seq: int, batch: int, lr: float) -> dict:

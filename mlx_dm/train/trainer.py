@@ -225,6 +225,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     last_loss = None
     start_time = time.perf_counter()
     tokens_this_session = 0
+    eval_seconds = 0.0  # excluded from tokens/s, which measures training
     mx.reset_peak_memory()
     interrupted = False
 
@@ -267,7 +268,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                 real = int(sum(len(r.ids) for r in chosen))
                 trained_tokens += real
                 tokens_this_session += real
-                elapsed = time.perf_counter() - start_time
+                elapsed = time.perf_counter() - start_time - eval_seconds
                 record = {"step": step, "epoch": epoch + position / len(order), "loss": step_loss,
                           "trainable_tokens": step_tokens, "tokens": real,
                           "learning_rate": float(optimizer.learning_rate.item()),
@@ -275,7 +276,9 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                           "peak_memory_bytes": int(mx.get_peak_memory())}
                 evaluate_now = step % config.train.steps_per_eval == 0 or step == total_steps or position >= len(order)
                 if evaluate_now and valid_rows:
+                    eval_start = time.perf_counter()
                     val = evaluate_loss(model, valid_rows, length, batch_size)
+                    eval_seconds += time.perf_counter() - eval_start
                     record["val_loss"] = val
                     if best_val is None or val < best_val - 1e-4:
                         best_val, best_step, patience_left = val, step, config.train.patience
@@ -308,7 +311,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     if not valid_rows or not best_dir.exists():
         write_dir_atomically(best_dir, lambda d: save_adapter(d, model, adapter_config))
     adapter_dir = write_dir_atomically(run_dir / "adapters", lambda d: _copy_adapter(best_dir, d))
-    elapsed = time.perf_counter() - start_time
+    elapsed = time.perf_counter() - start_time - eval_seconds
     result = TrainResult(run_dir, adapter_dir, step, total_steps, best_val, last_loss, trained_tokens,
                          tokens_this_session / elapsed if elapsed > 0 else 0.0, int(mx.get_peak_memory()),
                          pad_fraction, stopped_early, resumed_from,
