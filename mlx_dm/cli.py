@@ -345,7 +345,7 @@ def run_export(config: Config, base_path: Path, adapter: Path, quant: str, n_ctx
     placed = result.placed
     console.print(f"[green]model[/green] {placed.gguf_path} ({placed.size_bytes / 1e6:.1f} MB, {placed.quant}, {placed.version})")
     console.print("[bold]cactus.ts[/bold] (also in assets/models/cactus-config.ts and cactus-config.json):")
-    console.print(escape(cactus_snippet(placed)), markup=True)
+    console.print(escape(cactus_snippet(placed)), soft_wrap=True)  # exact lines, never wrapped
     console.print(f"report: {run_dir / 'export' / 'export-report.md'}")
     return result
 

@@ -183,3 +183,13 @@ def test_download_offline_error_is_actionable(monkeypatch, tmp_path):
     with pytest.raises(ModelError) as info:
         resolve_base("google/gemma-3n-E2B-it", tmp_path)
     assert "hf download google/gemma-3n-E2B-it" in info.value.hint and "--base tiny" in info.value.hint
+
+
+def test_e2b_shaped_config_has_the_real_size():
+    from mlx_dm.model.tiny import E2B_SPEC, multimodal_config, parameter_count
+
+    text = multimodal_config(E2B_SPEC)["text_config"]
+    assert (text["vocab_size"], text["vocab_size_per_layer_input"], text["num_hidden_layers"]) == (262_400, 262_144, 30)
+    assert text["num_hidden_layers"] - text["num_kv_shared_layers"] == 20
+    assert [i for i, t in enumerate(text["layer_types"]) if t == "full_attention"] == [4, 9, 14, 19, 24, 29]
+    assert 4.40e9 < parameter_count(E2B_SPEC) < 4.52e9  # "about 4.46B text parameters incl. per-layer embeddings"

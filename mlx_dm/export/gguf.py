@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ExportError
+from ..runs import atomic_path
 
 CONVERTER_VERSION = "0.3.36"
 QUANT_TYPES = {
@@ -41,12 +42,11 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file
     """Run llama.cpp's convert_hf_to_gguf.py; writes ``out_file`` atomically."""
     script = converter_dir() / "convert_hf_to_gguf.py"
     out_file = Path(out_file)
-    tmp = out_file.with_name(f".{out_file.name}.partial")
     needed = sum(p.stat().st_size for p in Path(hf_dir).glob("*.safetensors"))
     ensure_disk(out_file.parent, needed * (2 if outtype == "f32" else 1.1))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py
-    try:
+    with atomic_path(out_file) as tmp:
         result = subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype],
                                 capture_output=True, text=True, env=env)
         if log_file:
@@ -55,10 +55,6 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file
             tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-8:])
             raise ExportError(f"llama.cpp's converter failed on {hf_dir}:\n{tail}",
                               "the full log is in the run folder; check that the checkpoint has tokenizer.model and config.json")
-        os.replace(tmp, out_file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return out_file
 
 
@@ -73,19 +69,13 @@ def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant]
     params.nthread = threads or (os.cpu_count() or 1)
-    out_file = Path(out_file)
-    tmp = out_file.with_name(f".{out_file.name}.partial")
-    try:
+    with atomic_path(Path(out_file)) as tmp:
         with quiet_llama_logs():
             code = llama_cpp.llama_model_quantize(str(in_file).encode(), str(tmp).encode(), params)
         if code != 0:
             raise ExportError(f"llama.cpp could not quantise {in_file} to {quant} (code {code})",
                               "try another type with --quant (e.g. Q8_0), and check the f16 GGUF loads")
-        os.replace(tmp, out_file)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out_file
+    return Path(out_file)
 
 
 _NO_LOG = None

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..runs import atomic_write_json, atomic_write_text
+from ..runs import atomic_path, atomic_write_json, atomic_write_text
 
 STOP_WORDS = ["<end_of_turn>", "<eos>"]
 
@@ -74,13 +73,8 @@ def place(gguf: Path, project_dir: Path, name: str, quant: str, base_model: str,
 def _copy_atomic(source: Path, target: Path) -> None:
     if target.exists():
         raise FileExistsError(f"{target} exists; refusing to overwrite another version")
-    tmp = target.with_name(f".{target.name}.partial")
-    try:
+    with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def write_manifest(models_dir: Path, placed: PlacedModel) -> None:

@@ -39,6 +39,15 @@ class TinySpec:
     head_dim: int = 32
     sliding_window: int = 32
     seed: int = 0
+    extra_vocab: int = 0  # vision/audio soft-token ids above the text vocabulary (real models: 256)
+    max_position_embeddings: int = 4096
+
+
+# google/gemma-3n-E2B-it's text part (see ../shared/notes): used for memory estimates and size
+# benchmarks with random weights. Never built by default: its weights are about 9 GB in bf16.
+E2B_SPEC = TinySpec(vocab=262_144, hidden_size=2048, intermediate_size=8192, num_layers=30, num_kv_shared_layers=10,
+                    num_attention_heads=8, num_key_value_heads=2, head_dim=256, sliding_window=512,
+                    extra_vocab=256, max_position_embeddings=32_768)
 
 
 def text_config(spec: TinySpec) -> dict:
@@ -49,7 +58,7 @@ def text_config(spec: TinySpec) -> dict:
         # The real model has 256 vision/audio soft-token ids above the text vocabulary; they only
         # come from the towers, which the tiny model has none of. Implementations disagree on the
         # per-layer input of such ids (mlx-lm: row 0, llama.cpp: zeros), so the tiny model has none.
-        "vocab_size": spec.vocab,
+        "vocab_size": spec.vocab + spec.extra_vocab,
         "vocab_size_per_layer_input": spec.vocab,
         "hidden_size": spec.hidden_size,
         "hidden_size_per_layer_input": 256,
@@ -59,7 +68,7 @@ def text_config(spec: TinySpec) -> dict:
         "num_key_value_heads": spec.num_key_value_heads,
         "head_dim": spec.head_dim,
         "hidden_activation": "gelu_pytorch_tanh",
-        "max_position_embeddings": 4096,
+        "max_position_embeddings": spec.max_position_embeddings,
         "rms_norm_eps": 1e-6,
         "sliding_window": spec.sliding_window,
         "layer_types": layer_types,
@@ -116,6 +125,15 @@ def multimodal_config(spec: TinySpec) -> dict:
         "torch_dtype": "bfloat16",
         "transformers_version": "4.53.0",
     }
+
+
+def parameter_count(spec: TinySpec) -> int:
+    """Parameters of the text model with this spec, from MLX's lazily created (unevaluated) weights."""
+    from mlx.utils import tree_flatten
+    from mlx_lm.models.gemma3n import Model, ModelArgs
+
+    model = Model(ModelArgs.from_dict(multimodal_config(spec)))
+    return sum(value.size for _, value in tree_flatten(model.parameters()))
 
 
 def corpus_sentences(scenarios_dir: Path | None) -> list[str]:
