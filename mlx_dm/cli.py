@@ -329,14 +329,16 @@ def model_name(base_model: str) -> str:
     return "dm-" + base_model.split("/")[-1].lower().replace("-it", "").replace("_", "-")
 
 
-def run_export(config: Config, base_path: Path, adapter: Path, quant: str, n_ctx: int, vision: bool):
+def run_export(config: Config, base_path: Path, adapter: Path, quant: str, n_ctx: int, vision: bool,
+               size_budget_gb: float = 2.0):
     from .export.pipeline import export_model
 
     run_dir = adapter.parent
     result = export_model(base_path, adapter, run_dir / "export", Path(config.project_dir),
                           config.path(config.data.dataset_dir), model_name(config.model.base_model),
                           config.model.base_model, run_dir.name, quant, n_ctx, vision,
-                          say=lambda text: console.print(f"[bold]export[/bold] {text}"))
+                          say=lambda text: console.print(f"[bold]export[/bold] {escape(text)}"),
+                          size_budget=size_budget_gb * 1e9 if size_budget_gb > 0 else None)
     for parity in result.parity:
         console.print(f"parity {Path(parity.gguf).name}: argmax agreement {parity.argmax_agreement:.3f}, "
                       f"max logit diff {parity.max_logit_diff:.4f}, greedy equal {parity.greedy_equal}/{parity.greedy_total}")
@@ -357,6 +359,7 @@ def export_command(
     quant: str = typer.Option("Q4_K_M", "--quant", help="Q4_K_M, Q4_0, Q5_K_M, Q8_0, IQ4_XS, F16, ..."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length the app will use."),
     vision: bool = typer.Option(False, "--vision", help="Also write the vision projector (mmproj)."),
+    size_budget: float = typer.Option(2.0, "--size-budget", help="Largest GGUF in GB (0: no limit); Q4_K_M over it gets a smaller per-tensor mix."),
 ) -> None:
     """Fuse the adapter, convert with llama.cpp, quantise, check, and place the GGUF in assets/models."""
     import json as _json
@@ -370,7 +373,7 @@ def export_command(
         base = _json.loads(run_config.read_text())["model"]["base_model"]
     config.model.base_model = base or config.model.base_model
     base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
-    run_export(config, base_path, adapter_dir, quant, n_ctx, vision)
+    run_export(config, base_path, adapter_dir, quant, n_ctx, vision, size_budget)
 
 
 @app.command("run")

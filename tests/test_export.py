@@ -125,3 +125,40 @@ def test_next_version_and_snippet(tmp_path):
                          "0" * 64, 1, "b", "r", "f", 2048, "now")
     snippet = cactus_snippet(placed)
     assert "CactusVLM.init" in snippet and re.search(r"mmprojPath = `\$\{FileSystem.documentDirectory\}dm-v2-mmproj.gguf`", snippet)
+
+
+@pytest.mark.slow
+def test_tensor_type_overrides_reach_llama_cpp(exported, tmp_path):
+    from gguf import GGUFReader
+
+    project, _ = exported
+    f16 = next((project / "runs").iterdir()) / "export" / "dm-tiny-gemma3n-f16.gguf"
+    out = quantize(f16, tmp_path / "mixed.gguf", "Q4_K_M", tensor_types={"per_layer_token_embd": "Q2_K"})
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(out)).tensors}
+    assert types["per_layer_token_embd.weight"] == "Q2_K"
+    stock = quantize(f16, tmp_path / "stock.gguf", "Q4_K_M")
+    assert out.stat().st_size < stock.stat().st_size
+    with pytest.raises(ExportError, match="unknown tensor type"):
+        quantize(f16, tmp_path / "bad.gguf", "Q4_K_M", tensor_types={"x": "Q9"})
+
+
+@pytest.mark.slow
+def test_size_budget_applies_the_per_tensor_mix(exported):
+    from gguf import GGUFReader
+
+    project, _ = exported
+    result = cli(project, "export", "--size-budget", "0.0045")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "over the 0.00 GB budget" in result.stdout.replace("\n", " ") or "budget" in result.stdout
+    manifest = json.loads((project / "assets" / "models" / "manifest.json").read_text())["current"]
+    placed = project / manifest["gguf_path"]
+    assert placed.stat().st_size < 0.0045e9
+    types = {t.name: t.tensor_type.name for t in GGUFReader(str(placed)).tensors}
+    assert types["per_layer_token_embd.weight"] == "Q2_K"
+    run = sorted((project / "runs").iterdir())[-1]
+    report = json.loads((run / "export" / "export-report.json").read_text())
+    assert report["tensor_types"]["per_layer_token_embd"] == "Q2_K"
+    assert report["sizes"]["stock_mix_bytes"] > report["sizes"]["gguf_bytes"]
+    assert len(report["parity"]) == 3  # f16, stock mix, budget mix: the quality cost side by side
+    over = cli(project, "export", "--size-budget", "0.001")
+    assert over.returncode == 6 and "over" in over.stderr and "--size-budget" in over.stderr

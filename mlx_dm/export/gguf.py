@@ -58,9 +58,15 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file
     return out_file
 
 
-def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int = 0) -> Path:
-    """Quantise in-process with llama_cpp.llama_model_quantize; writes ``out_file`` atomically."""
+def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int = 0,
+             tensor_types: dict[str, str] | None = None) -> Path:
+    """Quantise in-process with llama_cpp.llama_model_quantize; writes ``out_file`` atomically.
+
+    ``tensor_types`` maps a tensor-name regex to a ggml type name (as llama-quantize's
+    --tensor-type), e.g. {"per_layer_token_embd": "Q2_K"}.
+    """
     import llama_cpp
+    from gguf import GGMLQuantizationType
 
     quant = quant.upper()
     if quant not in QUANT_TYPES:
@@ -69,6 +75,22 @@ def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[quant]
     params.nthread = threads or (os.cpu_count() or 1)
+    keep_alive = []
+    if tensor_types:
+        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for index, (pattern, type_name) in enumerate(tensor_types.items()):
+            try:
+                ggml_type = GGMLQuantizationType[type_name.upper()]
+            except KeyError:
+                raise ExportError(f"unknown tensor type {type_name} for '{pattern}'",
+                                  f"use a ggml type name such as Q2_K, Q3_K, Q4_K, Q6_K, Q8_0, F16") from None
+            encoded = pattern.encode()
+            keep_alive.append(encoded)
+            overrides[index].pattern = encoded
+            overrides[index].type = int(ggml_type)
+        overrides[len(tensor_types)].pattern = None
+        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
+        keep_alive.append(overrides)
     with atomic_path(Path(out_file)) as tmp:
         with quiet_llama_logs():
             code = llama_cpp.llama_model_quantize(str(in_file).encode(), str(tmp).encode(), params)

@@ -20,6 +20,13 @@ from .gguf import convert_to_gguf, gguf_metadata, quantize
 from .place import PlacedModel, cactus_snippet, place
 
 
+# Applied when the standard Q4_K_M mix is over the size budget (E2B: 3.31 GB stock). Chosen with
+# benchmarks/export_size.py on the E2B-shaped model; the per-layer embeddings (2B of E2B's 4.5B
+# parameters, Q6_K in the stock mix) carry most of the saving.
+BUDGET_MIX = {"per_layer_token_embd": "Q2_K", r"^token_embd": "Q2_K", r"ffn_down": "Q4_K"}
+DEFAULT_SIZE_BUDGET = 2.0e9
+
+
 @dataclass
 class ExportResult:
     fused_dir: Path
@@ -31,12 +38,13 @@ class ExportResult:
     placed: PlacedModel | None
     timings: dict[str, float]
     sizes: dict[str, int]
+    tensor_types: dict[str, str] | None = None
 
     def to_dict(self) -> dict:
         return {"fused_dir": str(self.fused_dir), "f16_gguf": str(self.f16_gguf), "gguf": str(self.gguf),
                 "quant": self.quant, "checks": [asdict(c) for c in self.checks],
                 "parity": [p.to_dict() for p in self.parity], "placed": asdict(self.placed) if self.placed else None,
-                "timings": self.timings, "sizes": self.sizes}
+                "timings": self.timings, "sizes": self.sizes, "tensor_types": self.tensor_types}
 
 
 def parity_sequences(tokenizer, dataset_dir: Path, limit: int = 4) -> list[tuple[list[int], int]]:
@@ -60,7 +68,8 @@ def parity_sequences(tokenizer, dataset_dir: Path, limit: int = 4) -> list[tuple
 
 def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir: Path, dataset_dir: Path,
                  name: str, base_model: str, run_name: str, quant: str = "Q4_K_M", n_ctx: int = 2048,
-                 vision: bool = False, say: Callable[[str], None] = print) -> ExportResult:
+                 vision: bool = False, say: Callable[[str], None] = print,
+                 size_budget: float | None = DEFAULT_SIZE_BUDGET) -> ExportResult:
     from ..model.load import load_model
 
     if vision:
@@ -83,6 +92,20 @@ def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir:
     start = time.perf_counter()
     say(f"quantising to {quant}")
     gguf = quantize(f16, work_dir / f"{name}-{quant}.gguf", quant)
+    candidates = [gguf]
+    tensor_types = None
+    if size_budget and gguf.stat().st_size > size_budget:
+        if quant != "Q4_K_M":
+            raise ExportError(f"{quant} gives {gguf.stat().st_size / 1e9:.2f} GB, over the {size_budget / 1e9:.2f} GB budget",
+                              "use the default Q4_K_M (it has a mix for the budget) or raise --size-budget")
+        say(f"{gguf.stat().st_size / 1e9:.2f} GB is over the {size_budget / 1e9:.2f} GB budget: "
+            f"re-quantising with per-tensor types {BUDGET_MIX}")
+        tensor_types = dict(BUDGET_MIX)
+        gguf = quantize(f16, work_dir / f"{name}-{quant}-budget.gguf", quant, tensor_types=tensor_types)
+        candidates.append(gguf)
+        if gguf.stat().st_size > size_budget:
+            raise ExportError(f"even with the budget mix the model is {gguf.stat().st_size / 1e9:.2f} GB, over "
+                              f"{size_budget / 1e9:.2f} GB", "use a smaller base (E2B rather than E4B) or raise --size-budget")
     timings["quantize_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -91,10 +114,12 @@ def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir:
     sequences = parity_sequences(loaded.tokenizer, dataset_dir)
     prompt = loaded.tokenizer.decode(sequences[0][0][: sequences[0][1]]) if sequences else "<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
     checks = [check_gguf(f16, prompt), check_gguf(gguf, prompt)]
-    parities = [parity(loaded.model, f16, sequences), parity(loaded.model, gguf, sequences)] if sequences else []
+    # Quality cost of the budget mix: the stock mix's parity is reported beside it.
+    parities = [parity(loaded.model, path, sequences) for path in [f16, *candidates]] if sequences else []
     timings["check_s"] = time.perf_counter() - start
-    sizes = {"f16_bytes": f16.stat().st_size, "gguf_bytes": gguf.stat().st_size}
-    result = ExportResult(fused_dir, f16, gguf, quant, checks, parities, None, timings, sizes)
+    sizes = {"f16_bytes": f16.stat().st_size, "gguf_bytes": gguf.stat().st_size,
+             "stock_mix_bytes": candidates[0].stat().st_size}
+    result = ExportResult(fused_dir, f16, gguf, quant, checks, parities, None, timings, sizes, tensor_types)
     failed = [problem for check in checks for problem in check.problems] + [
         f"{Path(c.path).name} did not load" for c in checks if not c.loads]
     if failed:
@@ -114,7 +139,10 @@ def write_report(work_dir: Path, result: ExportResult, metadata: dict) -> None:
     lines = ["# Export report", "",
              f"- GGUF: `{result.gguf.name}` ({result.sizes['gguf_bytes'] / 1e6:.1f} MB, {result.quant}); "
              f"f16: {result.sizes['f16_bytes'] / 1e6:.1f} MB",
-             f"- Tensor types: {', '.join(metadata.get('_tensor_types', []))}",
+             f"- Tensor types: {', '.join(metadata.get('_tensor_types', []))}"
+             + (f"; per-tensor overrides for the size budget: `{result.tensor_types}` "
+                f"(the stock {result.quant} mix was {result.sizes['stock_mix_bytes'] / 1e6:.1f} MB)"
+                if result.tensor_types else ""),
              f"- Timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()), "",
              "## Checks (llama.cpp)", "", "| file | loads | architecture | chat template | <end_of_turn> | context | sample |",
              "|---|---|---|---|---|---|---|"]

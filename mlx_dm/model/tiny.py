@@ -201,22 +201,25 @@ def random_weights(config: dict, seed: int) -> dict:
     key = mx.random.key(seed)
     for index, (name, value) in enumerate(sorted(tree_flatten(model.parameters()), key=lambda kv: kv[0])):
         k = mx.random.fold_in(key, index) if hasattr(mx.random, "fold_in") else mx.random.key(seed * 100_003 + index)
+        # Evaluated one tensor at a time, and huge tensors drawn directly in bf16, so an E2B-shaped
+        # model (4.5B parameters) never holds a float32 copy of its 2B-parameter per-layer table.
+        draw_dtype = mx.bfloat16 if value.size > 100_000_000 else mx.float32
+        normal = mx.random.normal(value.shape, dtype=draw_dtype, key=k)
         if name.endswith(("q_norm.weight", "k_norm.weight")):
             # Gemma 3n attends with scale 1.0 and leaves the 1/sqrt(head_dim) to these learned
             # norms; a random model needs the same, or its softmax saturates.
-            head_dim = value.shape[-1]
-            array = head_dim**-0.25 * (1.0 + 0.1 * mx.random.normal(value.shape, key=k))
+            array = value.shape[-1] ** -0.25 * (1.0 + 0.1 * normal)
         elif name.endswith("norm.weight") or name.endswith("correct_output_scale"):
-            array = 1.0 + 0.1 * mx.random.normal(value.shape, key=k)
+            array = 1.0 + 0.1 * normal
         elif "embed_tokens" in name:
             # About the per-element scale of real Gemma embeddings once multiplied by sqrt(hidden).
-            array = 0.15 * mx.random.normal(value.shape, key=k)
+            array = 0.15 * normal
         elif name.endswith("_coefs.weight"):
-            array = 0.1 * mx.random.normal(value.shape, key=k)
+            array = 0.1 * normal
         else:
-            fan_in = value.shape[-1]
-            array = mx.random.normal(value.shape, key=k) / (fan_in ** 0.5)
+            array = normal * (value.shape[-1] ** -0.5)
         weights[name] = array.astype(mx.bfloat16)
+        mx.eval(weights[name])
     mx.eval(weights)
     return weights
 
