@@ -53,14 +53,3 @@ class ValidationFailed(MlxDmError):
 class EnvironmentProblem(MlxDmError):
     exit_code = 8
     kind = "environment problem"
-
-
-ALL_ERRORS: tuple[type[MlxDmError], ...] = (
-    ConfigError,
-    DataError,
-    ModelError,
-    TrainingError,
-    ExportError,
-    ValidationFailed,
-    EnvironmentProblem,
-)

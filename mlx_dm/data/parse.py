@@ -123,24 +123,27 @@ def _split_heading_form(lines: list[str]) -> tuple[str, list[_Block], list[tuple
         return "", [], []
     title = ""
     blocks: list[_Block] = []
-    preamble: list[tuple[int, str]] = []
-    heading_at = {index: (level, text) for index, level, text in headings}
+    dropped: set[int] = set()  # title headings: in no section's text
+    starts: list[int] = []  # line index of each section heading
     current: _Block | None = None
-    for index, line in enumerate(lines):
-        if index in heading_at:
-            level, text = heading_at[index]
-            # Headings above the section level, and any before the first section, are a title.
-            if level < section_level or (current is None and not _keyword(text)):
-                title = title or _EMPHASIS.sub("", text).strip()
-                continue
-            if level == section_level and not _is_sheet_heading(text, current, lines, index):
-                current = _Block(_keyword(text), text, index + 1)
-                blocks.append(current)
-                continue
-        if current is None:
-            preamble.append((index + 1, line))
-        else:
-            current.body.append((index + 1, line))
+    for index, level, text in headings:
+        # Headings above the section level, and any before the first section, are a title.
+        if level < section_level or (current is None and not _keyword(text)):
+            title = title or _EMPHASIS.sub("", text).strip()
+            dropped.add(index)
+        elif level == section_level and not _is_sheet_heading(text, current, lines, index):
+            current = _Block(_keyword(text), text, index + 1)
+            blocks.append(current)
+            starts.append(index)
+
+    def numbered(begin: int, end: int) -> list[tuple[int, str]]:
+        pairs = list(zip(range(begin + 1, end + 1), lines[begin:end]))
+        return [pair for pair in pairs if pair[0] - 1 not in dropped] if dropped else pairs
+
+    preamble = numbered(0, starts[0] if starts else len(lines))
+    for number, block in enumerate(blocks):
+        end = starts[number + 1] if number + 1 < len(starts) else len(lines)
+        block.body = numbered(starts[number] + 1, end)
     return title, blocks, preamble
 
 

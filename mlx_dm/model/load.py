@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,3 @@ def load_model(path: Path, quantize_4bit: bool = False, adapter_path: Path | Non
     if quantize_4bit and not config.get("quantization"):
         model, config = quantize_model(model, config, group_size=64, bits=4, quant_predicate=_quantizable)
     return LoadedModel(model, tokenizer, config, path, bool(config.get("quantization")))
-
-
-def read_config(path: Path) -> dict:
-    return json.loads((Path(path) / "config.json").read_text())

@@ -106,10 +106,6 @@ class Batch:
     def trainable_tokens(self) -> int:
         return int(self.loss_mask.sum())
 
-    @property
-    def real_tokens(self) -> int:
-        return int((self.segments > 0).sum())
-
 
 def make_batch(rows: list[PackedRow], length: int, pad_id: int = 0) -> Batch:
     """Rows padded to ``length`` tokens, shifted into inputs and next-token targets."""
