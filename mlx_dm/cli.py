@@ -439,6 +439,120 @@ def validate_current_model(config: Config) -> None:
         raise ValidationFailed("; ".join(check.problems), "re-export the model: `mlx-dm export`")
 
 
+CHAT_HELP = "/roll 1d20+3 · /tools · /save file.md · /reset · /quit"
+
+
+@app.command("chat")
+def chat_command(
+    model: Optional[Path] = typer.Option(None, "--model", help="A .gguf file, or a run's adapters/ folder (MLX). Default: the current model in assets/models."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model for an adapter folder (default: from the run)."),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", help="Take world, location, party and player sheet from a scenario file."),
+    world: str = typer.Option("", "--world"),
+    location: str = typer.Option("", "--location"),
+    party: list[str] = typer.Option([], "--party", help="A party member, e.g. 'Wren (Gnome Artificer, Level 2)'; repeat it."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Play one action and exit (non-interactive)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the dice."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    max_tokens: int = typer.Option(200, "--max-tokens", min=1),
+) -> None:
+    """Talk to the model as the game would; dice calls are rolled and fed back."""
+    import json as _json
+
+    from .chat import ChatSession, GgufBackend, MlxBackend
+    from .data.parse import parse_text
+    from .data.render import context_text
+    from .data.scenario import PartyMember, Scenario
+    from .dice import DiceError, DiceRoller, modifiers_from_sheet
+
+    config = _config()
+    if model is None:
+        manifest = config.path("assets/models/manifest.json")
+        if not manifest.exists():
+            from .errors import ModelError
+
+            raise ModelError("no model given and none in assets/models", "pass --model FILE.gguf, or train first (`npm run train`)")
+        model = config.path(_json.loads(manifest.read_text())["current"]["gguf_path"])
+    if model.suffix == ".gguf":
+        backend = GgufBackend(model, temperature=temperature, seed=seed)
+    else:
+        from .model.hub import resolve_base
+
+        run_config = model.parent / "config.json"
+        if base is None and run_config.exists():
+            base = _json.loads(run_config.read_text())["model"]["base_model"]
+        base_path = resolve_base(base or config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
+        backend = MlxBackend(base_path, model, temperature=temperature)
+    if scenario is not None:
+        parsed = parse_text(scenario.read_text(encoding="utf-8"), scenario.name)
+        if parsed.scenario is None:
+            from .errors import DataError
+
+            raise DataError(f"{scenario} is not a usable scenario: {parsed.problems[0] if parsed.problems else parsed.skipped_reason}",
+                            "fix it (see `mlx-dm data validate`) or use --world/--location/--party")
+        setting = parsed.scenario
+        setting.turns = []
+    else:
+        setting = Scenario(path="chat", role="Dungeon Master", world=world, location=location,
+                           party=[PartyMember(p.split("(")[0].strip(), p[p.find("(") + 1:p.rfind(")")] if "(" in p else "", {}, 0)
+                                  for p in party])
+    roller = DiceRoller(seed=seed, modifiers=modifiers_from_sheet(setting.player), actor=setting.player_name)
+    session = ChatSession(backend, context_text(setting), roller, max_tokens=max_tokens)
+    party_lines = [f"{m.name} ({m.description})" if m.description else m.name for m in setting.party]
+
+    def emit(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def play(text: str) -> None:
+        emit("DM: ")
+        session.turn(text, emit)
+        emit("\n")
+
+    if prompt is not None:
+        play(prompt)
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        import readline  # noqa: F401 - arrow keys and history for input()
+
+        console.print(f"[bold]mlx-dm chat[/bold] with {model.name} — {CHAT_HELP}")
+    while True:
+        try:
+            line = input("you> ") if interactive else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not interactive and line == "":
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            session.reset()
+            emit("(conversation reset)\n")
+        elif line.startswith("/roll"):
+            try:
+                result = roller.roll(line[5:].strip() or "1d20")
+                emit(f"{result.expression} = {result.detail} = {result.total}\n")
+            except DiceError as exc:
+                emit(f"{exc}\n")
+        elif line == "/tools":
+            emit("dice: roll, check, skill_check, save, attack, initiative, damage, heal; "
+                 f"the app's agent acts on: {', '.join(config.data.agent_tools)}\n")
+        elif line.startswith("/save"):
+            target = Path(line[5:].strip() or "chat-scenario.md")
+            if target.exists():
+                emit(f"{target} exists; choose another name (nothing you wrote is overwritten)\n")
+                continue
+            target.write_text(session.to_markdown(setting.world, setting.location, party_lines), encoding="utf-8")
+            emit(f"saved {target}\n")
+        elif line.startswith("/"):
+            emit(f"unknown command {line}; {CHAT_HELP}\n")
+        else:
+            play(line)
+
+
 def main() -> None:
     """Entry point: errors print as message + hint, without a traceback unless --debug."""
     try:

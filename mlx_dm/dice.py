@@ -80,6 +80,9 @@ class DiceRoller:
         if tool not in DICE_TOOLS:
             raise DiceError(f"unknown tool '{tool}': the dice simulator resolves {', '.join(DICE_TOOLS)}; "
                             "other calls (inventory, health, transition, ...) change game state and are only recorded")
+        broken = next((p for p in parts if re.match(r"^\d*d\w", p, re.IGNORECASE) and not DICE.match(p)), None)
+        if broken is not None:
+            raise DiceError(f"'{broken}' is not dice notation; write NdM+K, e.g. 1d20+5 or 2d8+3")
         dice_part = next((p for p in parts if DICE.match(p)), None)
         who = f"{self.actor} rolls " if self.actor else ""
         with_mode = f" with {mode}" if mode else ""

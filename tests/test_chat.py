@@ -1,0 +1,102 @@
+"""mlx-dm chat on the tiny model's GGUF: one-shot, scripted stdin, /save, dice feedback, bad input."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mlx_dm.chat import resolve_calls
+from mlx_dm.data.parse import parse_text
+from mlx_dm.dice import DiceRoller
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> Path:
+    from mlx_dm.export.gguf import convert_to_gguf
+    from mlx_dm.model.tiny import build_tiny_model
+
+    work = tmp_path_factory.mktemp("chat")
+    return convert_to_gguf(build_tiny_model(work / "tiny", ROOT / "ai-training"), work / "tiny-f16.gguf")
+
+
+def chat(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlx_dm", "chat", *args], input=stdin, capture_output=True,
+                          text=True, timeout=300, cwd=cwd)
+
+
+def test_resolve_calls_rolls_dice_tools_only():
+    reply = "Make a check. [roll: perception] [inventory: Wren, +rope] [damage: 1d8+3] [roll: 1dX]"
+    results = resolve_calls(reply, DiceRoller(seed=0, modifiers={"perception": 4}, actor="Wren"))
+    assert len(results) == 3
+    assert results[0].startswith("perception: Wren rolls 1d20+4 = ")
+    assert results[1].startswith("damage: 1d8+3 = ")
+    assert "could not roll" in results[2]
+
+
+def test_one_shot_prompt(tiny_gguf):
+    result = chat("--model", str(tiny_gguf), "--world", "Greyhawk", "--prompt", "I open the door.", "--max-tokens", "12")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("DM: ") and len(result.stdout.strip()) > len("DM:")
+
+
+def test_scripted_session_save_makes_a_valid_scenario(tiny_gguf, tmp_path):
+    script = "/roll 2d6+1\n/tools\nI look around.\n/save saved.md\n/save saved.md\n/bogus\n/quit\n"
+    result = chat("--model", str(tiny_gguf), "--world", "Greyhawk", "--location", "Hommlet", "--party",
+                  "Wren (Gnome Artificer, Level 2)", "--max-tokens", "8", stdin=script, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"2d6\+1 = \d\+\d\+1 = \d+", result.stdout)
+    assert "the app's agent acts on: roll" in result.stdout
+    assert "exists; choose another name" in result.stdout and "unknown command /bogus" in result.stdout
+    parsed = parse_text((tmp_path / "saved.md").read_text(), "saved.md")
+    assert parsed.scenario is not None and parsed.scenario.world == "Greyhawk"
+    assert [m.name for m in parsed.scenario.party] == ["Wren"]
+    assert [t.kind for t in parsed.scenario.turns][:1] == ["user"]
+
+
+def test_scenario_file_sets_the_scene(tiny_gguf):
+    scenario = ROOT / "ai-training/data/scenarios/variants/speaker-sections-player-sheet.md"
+    result = chat("--model", str(tiny_gguf), "--scenario", str(scenario), "--prompt", "Hello", "--max-tokens", "4")
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_model_paths(tmp_path):
+    missing = chat("--model", str(tmp_path / "nope.gguf"), "--prompt", "hi")
+    assert missing.returncode == 4 and "no GGUF file" in missing.stderr
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF not really")
+    bad = chat("--model", str(broken), "--prompt", "hi")
+    assert bad.returncode == 4 and "could not load" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_chat_in_a_real_terminal(tiny_gguf, tmp_path):
+    session = f"mlxdm{int(time.time() * 1000) % 100000}"
+    command = f"{sys.executable} -m mlx_dm chat --model {tiny_gguf} --world Greyhawk --max-tokens 6"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "-c", str(tmp_path), command],
+                   check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
+        deadline = time.time() + 120
+        while "you>" not in screen() and time.time() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["tmux", "send-keys", "-t", session, "/roll 1d20+3", "Enter"], check=True)
+        while not re.search(r"1d20\+3 = \d+\+3 = \d+", screen()) and time.time() < deadline:
+            time.sleep(0.2)
+        assert re.search(r"1d20\+3 = \d+\+3 = \d+", screen())
+        subprocess.run(["tmux", "send-keys", "-t", session, "I light a torch", "Enter"], check=True)
+        while screen().count("you>") < 3 and time.time() < deadline:
+            time.sleep(0.2)
+        assert "DM: " in screen()
+        subprocess.run(["tmux", "send-keys", "-t", session, "/quit", "Enter"], check=True)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
