@@ -100,3 +100,16 @@ def test_chat_in_a_real_terminal(tiny_gguf, tmp_path):
         subprocess.run(["tmux", "send-keys", "-t", session, "/quit", "Enter"], check=True)
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_mlx_backend_streams_until_end_of_turn(tmp_path):
+    from mlx_dm.chat import ChatSession, MlxBackend
+    from mlx_dm.model.tiny import build_tiny_model
+
+    backend = MlxBackend(build_tiny_model(tmp_path / "tiny", ROOT / "ai-training"))
+    session = ChatSession(backend, "World: Greyhawk", DiceRoller(seed=0), max_tokens=6)
+    pieces: list[str] = []
+    replies = session.turn("I look around.", pieces.append)
+    assert replies[0] == "".join(pieces).strip() and "<end_of_turn>" not in replies[0]
+    assert session.messages[0]["content"].startswith("World: Greyhawk\n\nI look around.")
+    assert [m["role"] for m in session.messages] == ["user", "assistant"]
