@@ -15,8 +15,7 @@ from .data.render import TOOL_RESULTS_PREFIX, render_messages
 from .data.toolcalls import find_calls
 from .dice import DICE_TOOLS, DiceError, DiceRoller
 from .errors import ModelError
-
-STOP_TEXT = ("<end_of_turn>", "<eos>")
+from .export.place import STOP_WORDS as STOP_TEXT  # the same stop words the app is told to use
 
 
 class Backend(Protocol):
