@@ -83,8 +83,10 @@ def test_ctrl_c_is_forwarded_to_mlx_dm(tmp_path):
     marker = tmp_path / "got-sigint"
     body = f"trap 'touch {marker}; exit 130' INT\necho started\nwhile true; do sleep 0.1; done\n"
     venv = fake_venv(tmp_path, body, stamp=stamp_for())
+    # As from a terminal: SIGINT at its default disposition (a background CI job may inherit it ignored).
     proc = subprocess.Popen(["node", str(SCRIPT), "train"], cwd=ROOT, env={**os.environ, "MLX_DM_VENV": str(venv)},
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "started"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=20) == 130
