@@ -166,3 +166,26 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path):
     best = mx.load(str(run / "best" / "adapters.safetensors"))
     final = mx.load(str(run / "adapters" / "adapters.safetensors"))
     assert all(np.array_equal(np.array(best[k]), np.array(final[k])) for k in best)
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
+    from mlx_dm.cli import build_dataset_from_config
+    from mlx_dm.config import load_config
+    from mlx_dm.model.tiny import build_tiny_model
+    from mlx_dm.runs import new_run
+    from mlx_dm.train.trainer import train
+
+    project = make_project(tmp_path, n_files=6)
+    base = build_tiny_model(tmp_path / "tiny", project / "ai-training")
+    results = {}
+    for name, batch, accumulation in (("batch2", 2, 1), ("accumulated", 1, 2)):
+        config = load_config(project)
+        config.train.batch_size, config.train.grad_accumulation = batch, accumulation
+        config.train.max_steps, config.train.epochs, config.train.learning_rate = 3, 5, 1e-3
+        config.train.steps_per_eval = config.train.steps_per_checkpoint = 100
+        _, dataset_dir = build_dataset_from_config(config)
+        results[name] = train(config, dataset_dir, base, new_run(tmp_path / "runs", name)).history
+    assert [r["tokens"] for r in results["batch2"]] == [r["tokens"] for r in results["accumulated"]]
+    for one, other in zip(results["batch2"], results["accumulated"]):
+        assert one["loss"] == pytest.approx(other["loss"], rel=1e-4, abs=1e-4)

@@ -204,6 +204,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     run_state = {"key": key, "status": "running", "base": str(base_path), "data_fingerprint": fingerprint,
                  "total_steps": total_steps}
     step, epoch, position = 0, 0, 0
+    step_start, micro_count = 0, 0
     best_val, patience_left, best_step = None, config.train.patience, None
     trained_tokens, resumed_from = 0, None
     optimizer.init(model.trainable_parameters())
@@ -217,7 +218,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     atomic_write_json(run_dir / STATE_FILE, run_state)
 
     def checkpoint_state() -> dict:
-        return {"epoch": epoch, "position": position, "best_val": best_val, "best_step": best_step,
+        return {"epoch": epoch, "position": step_start if micro_count else position, "best_val": best_val, "best_step": best_step,
                 "patience_left": patience_left, "trained_tokens": trained_tokens, "key": key}
 
     history: list[dict] = []
@@ -236,13 +237,16 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     try:
         while step < total_steps and not stopped_early:
             order = batching.epoch_order(len(train_rows), config.train.seed, epoch)
-            accumulated, accumulated_tokens, step_loss, micro_count = None, 0.0, 0.0, 0
+            accumulated, accumulated_tokens, step_loss, micro_count, real = None, 0.0, 0.0, 0, 0
             while position < len(order) and step < total_steps:
+                if micro_count == 0:
+                    step_start = position  # a checkpoint mid-accumulation resumes from here
                 chosen = [train_rows[i] for i in order[position:position + batch_size]]
                 batch = batching.make_batch(chosen, length + 1)
                 arrays = (mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.loss_mask),
                           mx.array(batch.segments))
                 position += batch_size
+                real += int(sum(len(r.ids) for r in chosen))  # tokens of every micro-batch in this step
                 mx.random.seed(config.train.seed * 1_000_003 + step * 1_009 + micro_count)
                 if accumulation == 1:
                     loss, tokens = compiled_full(*arrays)
@@ -262,10 +266,9 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                     optimizer.update(model, tree_map(lambda g: g / max(accumulated_tokens, 1.0), accumulated))
                     mx.eval(state)
                     step_loss, step_tokens = step_loss / max(accumulated_tokens, 1.0), accumulated_tokens
-                    accumulated, accumulated_tokens, micro_count = None, 0.0, 0
+                    accumulated, accumulated_tokens = None, 0.0
                 step += 1
                 last_loss = step_loss
-                real = int(sum(len(r.ids) for r in chosen))
                 trained_tokens += real
                 tokens_this_session += real
                 elapsed = time.perf_counter() - start_time - eval_seconds
@@ -274,6 +277,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                           "learning_rate": float(optimizer.learning_rate.item()),
                           "tokens_per_second": tokens_this_session / elapsed if elapsed > 0 else 0.0,
                           "peak_memory_bytes": int(mx.get_peak_memory())}
+                step_loss, micro_count, real = 0.0, 0, 0
                 evaluate_now = step % config.train.steps_per_eval == 0 or step == total_steps or position >= len(order)
                 if evaluate_now and valid_rows:
                     eval_start = time.perf_counter()
