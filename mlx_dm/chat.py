@@ -24,12 +24,12 @@ class Backend(Protocol):
 
 class GgufBackend:
     def __init__(self, path: Path, n_ctx: int = 2048, temperature: float = 0.0, seed: int = 0) -> None:
-        from llama_cpp import Llama
+        from .export.check import open_gguf
 
         if not Path(path).is_file():
             raise ModelError(f"no GGUF file at {path}", "pass --model with a .gguf from assets/models (see manifest.json)")
         try:
-            self.llm = Llama(str(path), n_ctx=n_ctx, verbose=False, seed=seed)
+            self.llm = open_gguf(path, n_ctx, seed=seed)
         except ValueError as exc:
             raise ModelError(f"llama.cpp could not load {path}: {exc}",
                              "check the file is a complete GGUF (re-export with `mlx-dm export`)") from exc

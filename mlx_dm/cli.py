@@ -286,11 +286,10 @@ def train_command(
     """Build the dataset and train LoRA adapters on the base model."""
     from .model.hub import resolve_base
 
-    config = _config(train=_train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_length, lora_rank, seed),
-                     model={"base_model": "tiny" if dev else base})
+    explicit = _train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_length, lora_rank, seed)
+    config = _config(train=explicit, model={"base_model": "tiny" if dev else base})
     if dev:
-        apply_dev_profile(config, explicit=_train_overrides(epochs, max_steps, batch_size, learning_rate,
-                                                            max_seq_length, lora_rank, seed))
+        apply_dev_profile(config, explicit)
     _dataset, dataset_dir = build_dataset_from_config(config)
     base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
     run_training(config, dataset_dir, base_path, resume)
@@ -311,6 +310,27 @@ def apply_dev_profile(config: Config, explicit: dict) -> None:
             setattr(config.train, name, value)
     config.train.steps_per_eval = min(config.train.steps_per_eval, 8)
     config.train.steps_per_checkpoint = min(config.train.steps_per_checkpoint, 8)
+
+
+def _base_for_adapter(config: Config, adapter_dir: Path, base: Optional[str]) -> Path:
+    """The base checkpoint an adapter was trained on: --base, else the run's config.json, else the config's."""
+    import json as _json
+
+    from .model.hub import resolve_base
+
+    run_config = adapter_dir.parent / "config.json"
+    if base is None and run_config.exists():
+        base = _json.loads(run_config.read_text())["model"]["base_model"]
+    config.model.base_model = base or config.model.base_model
+    return resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
+
+
+def _current_model(config: Config) -> Optional[dict]:
+    """The manifest entry of the model the app uses now, or None when assets/models has none."""
+    import json as _json
+
+    manifest = config.path("assets/models/manifest.json")
+    return _json.loads(manifest.read_text())["current"] if manifest.exists() else None
 
 
 def _latest_adapter(config: Config) -> Path:
@@ -362,17 +382,9 @@ def export_command(
     size_budget: float = typer.Option(2.0, "--size-budget", help="Largest GGUF in GB (0: no limit); Q4_K_M over it gets a smaller per-tensor mix."),
 ) -> None:
     """Fuse the adapter, convert with llama.cpp, quantise, check, and place the GGUF in assets/models."""
-    import json as _json
-
-    from .model.hub import resolve_base
-
     config = _config()
     adapter_dir = adapter or _latest_adapter(config)
-    run_config = adapter_dir.parent / "config.json"
-    if base is None and run_config.exists():
-        base = _json.loads(run_config.read_text())["model"]["base_model"]
-    config.model.base_model = base or config.model.base_model
-    base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
+    base_path = _base_for_adapter(config, adapter_dir, base)
     run_export(config, base_path, adapter_dir, quant, n_ctx, vision, size_budget)
 
 
@@ -421,16 +433,13 @@ def run_command(
 
 def validate_current_model(config: Config) -> None:
     """The current model in assets/models: loads in llama.cpp, right template and stop token."""
-    import json as _json
-
     from .errors import ValidationFailed
     from .export.check import check_gguf
 
-    manifest = config.path("assets/models/manifest.json")
-    if not manifest.exists():
+    current = _current_model(config)
+    if current is None:
         console.print("no model in assets/models yet: data validated only")
         return
-    current = _json.loads(manifest.read_text())["current"]
     check = check_gguf(config.path(current["gguf_path"]),
                        "<bos><start_of_turn>user\nI open the door.<end_of_turn>\n<start_of_turn>model\n")
     console.print(f"{current['gguf_path']}: loads {check.loads}, {check.architecture}, "
@@ -456,32 +465,24 @@ def chat_command(
     max_tokens: int = typer.Option(200, "--max-tokens", min=1),
 ) -> None:
     """Talk to the model as the game would; dice calls are rolled and fed back."""
-    import json as _json
-
     from .chat import ChatSession, GgufBackend, MlxBackend
-    from .data.parse import parse_text
+    from .data.parse import parse_member, parse_text
     from .data.render import context_text
-    from .data.scenario import PartyMember, Scenario
-    from .dice import DiceError, DiceRoller, modifiers_from_sheet
+    from .data.scenario import Scenario
+    from .dice import DICE_TOOLS, DiceError, DiceRoller, modifiers_from_sheet
 
     config = _config()
     if model is None:
-        manifest = config.path("assets/models/manifest.json")
-        if not manifest.exists():
+        current = _current_model(config)
+        if current is None:
             from .errors import ModelError
 
             raise ModelError("no model given and none in assets/models", "pass --model FILE.gguf, or train first (`npm run train`)")
-        model = config.path(_json.loads(manifest.read_text())["current"]["gguf_path"])
+        model = config.path(current["gguf_path"])
     if model.suffix == ".gguf":
         backend = GgufBackend(model, temperature=temperature, seed=seed)
     else:
-        from .model.hub import resolve_base
-
-        run_config = model.parent / "config.json"
-        if base is None and run_config.exists():
-            base = _json.loads(run_config.read_text())["model"]["base_model"]
-        base_path = resolve_base(base or config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
-        backend = MlxBackend(base_path, model, temperature=temperature)
+        backend = MlxBackend(_base_for_adapter(config, model, base), model, temperature=temperature)
     if scenario is not None:
         parsed = parse_text(scenario.read_text(encoding="utf-8"), scenario.name)
         if parsed.scenario is None:
@@ -493,8 +494,7 @@ def chat_command(
         setting.turns = []
     else:
         setting = Scenario(path="chat", role="Dungeon Master", world=world, location=location,
-                           party=[PartyMember(p.split("(")[0].strip(), p[p.find("(") + 1:p.rfind(")")] if "(" in p else "", {}, 0)
-                                  for p in party])
+                           party=[member for member in (parse_member(p, 0) for p in party) if member])
     roller = DiceRoller(seed=seed, modifiers=modifiers_from_sheet(setting.player), actor=setting.player_name)
     session = ChatSession(backend, context_text(setting), roller, max_tokens=max_tokens)
     party_lines = [f"{m.name} ({m.description})" if m.description else m.name for m in setting.party]
@@ -538,8 +538,7 @@ def chat_command(
             except DiceError as exc:
                 emit(f"{exc}\n")
         elif line == "/tools":
-            emit("dice: roll, check, skill_check, save, attack, initiative, damage, heal; "
-                 f"the app's agent acts on: {', '.join(config.data.agent_tools)}\n")
+            emit(f"dice: {', '.join(DICE_TOOLS)}; the app's agent acts on: {', '.join(config.data.agent_tools)}\n")
         elif line.startswith("/save"):
             target = Path(line[5:].strip() or "chat-scenario.md")
             if target.exists():

@@ -182,7 +182,7 @@ def _body_text(body: list[tuple[int, str]]) -> tuple[str, int]:
     return "\n".join(line for _, line in body[start:end]), body[start][0]
 
 
-def _parse_member(text: str, line: int) -> PartyMember | None:
+def parse_member(text: str, line: int) -> PartyMember | None:
     text = text.strip()
     if not text:
         return None
@@ -256,7 +256,7 @@ def _parse_system(scenario: Scenario, body: list[tuple[int, str]], rel: str, pro
                 member.description = (member.description + " " + stripped.lstrip("-*+ ")).strip()
             continue
         if mode in ("party", "party_list") and bullet:
-            parsed = _parse_member(bullet.group(1), lineno)
+            parsed = parse_member(bullet.group(1), lineno)
             if parsed:
                 scenario.party.append(parsed)
             continue
@@ -270,7 +270,7 @@ def _parse_system(scenario: Scenario, body: list[tuple[int, str]], rel: str, pro
                     scenario.party_none = True
                 else:
                     for name in value.split(","):
-                        parsed = _parse_member(name, lineno)
+                        parsed = parse_member(name, lineno)
                         if parsed:
                             scenario.party.append(parsed)
                 continue

@@ -43,10 +43,10 @@ class Parity:
         return asdict(self)
 
 
-def open_gguf(path: Path, n_ctx: int = 2048, logits_all: bool = False):
+def open_gguf(path: Path, n_ctx: int = 2048, logits_all: bool = False, seed: int = 0):
     from llama_cpp import Llama
 
-    return Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False, n_threads=None, seed=0)
+    return Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False, n_threads=None, seed=seed)
 
 
 def check_gguf(path: Path, prompt: str, n_ctx: int = 1024) -> GgufCheck:

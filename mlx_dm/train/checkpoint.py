@@ -86,12 +86,11 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Path]:
     return sorted(p for p in Path(checkpoints_dir).iterdir() if p.is_dir() and p.name.startswith("step-"))
 
 
-def prune_checkpoints(checkpoints_dir: Path, keep: int, protect: set[str]) -> None:
-    """Keep the last ``keep`` checkpoints and any named in ``protect`` (the best)."""
+def prune_checkpoints(checkpoints_dir: Path, keep: int) -> None:
+    """Keep the last ``keep`` checkpoints (the best adapter has its own folder, best/)."""
     existing = list_checkpoints(checkpoints_dir)
     for folder in existing[: max(0, len(existing) - keep)]:
-        if folder.name not in protect:
-            shutil.rmtree(folder)
+        shutil.rmtree(folder)
 
 
 def read_run_state(run_dir: Path) -> dict[str, Any] | None:

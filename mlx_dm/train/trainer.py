@@ -297,7 +297,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                     progress({**record, "total_steps": total_steps, "best_val_loss": best_val})
                 if step % config.train.steps_per_checkpoint == 0 or step == total_steps or stopped_early:
                     save_checkpoint(checkpoints_dir, step, model, optimizer, adapter_config, checkpoint_state())
-                    prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints, set())
+                    prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
                 if stopped_early:
                     break
             if position >= len(order):
