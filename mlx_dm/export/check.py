@@ -99,41 +99,62 @@ def llama_cpp_sparsity_std():
         gemma3n.gelu_topk = original
 
 
-def parity(model, gguf: Path, sequences: list[tuple[list[int], int]], greedy_tokens: int = 12) -> Parity:
-    """Compare logits position by position (teacher-forced) and free-running greedy continuations.
+@dataclass
+class MlxReference:
+    """What the MLX model says for each sequence, computed once and compared with every GGUF."""
 
-    ``sequences``: (token ids, index where the reply starts) pairs, already tokenized.
-    """
+    sequences: list[tuple[list[int], int]]  # (token ids, index where the reply starts)
+    logits: list[np.ndarray]
+    sample_std_logits: list[np.ndarray]  # with llama.cpp's sparsity convention
+    greedy: list[list[int]]
+
+    @property
+    def greedy_tokens(self) -> int:
+        return len(self.greedy[0]) if self.greedy else 0
+
+
+def mlx_reference(model, sequences: list[tuple[list[int], int]], greedy_tokens: int = 12) -> MlxReference:
+    """Teacher-forced logits and free-running greedy continuations of the MLX model."""
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
+    logits, sample_std_logits, greedy = [], [], []
+    for ids, reply_start in sequences:
+        logits.append(np.array(model(mx.array([ids]))[0], dtype=np.float32))
+        with llama_cpp_sparsity_std():
+            sample_std_logits.append(np.array(model(mx.array([ids]))[0], dtype=np.float32))
+        cache = make_prompt_cache(model)
+        step = model(mx.array([ids[:reply_start]]), cache=cache)
+        tokens: list[int] = []
+        for _ in range(greedy_tokens):
+            tokens.append(int(step[0, -1].argmax()))
+            step = model(mx.array([[tokens[-1]]]), cache=cache)
+        greedy.append(tokens)
+    return MlxReference(sequences, logits, sample_std_logits, greedy)
+
+
+def parity(reference: MlxReference, gguf: Path) -> Parity:
+    """Compare a GGUF with the MLX reference position by position (teacher-forced) and by greedy output."""
+    sequences = reference.sequences
+    greedy_tokens = reference.greedy_tokens
     n_ctx = max(len(ids) for ids, _ in sequences) + greedy_tokens + 8
     llm = open_gguf(gguf, n_ctx=n_ctx, logits_all=True)
     diffs, agree, positions, greedy_equal = [], 0, 0, 0
     sample_std_diffs = []
-    for ids, reply_start in sequences:
+    for (ids, reply_start), ours, matched, mine in zip(sequences, reference.logits, reference.sample_std_logits,
+                                                       reference.greedy):
         llm.reset()
         llm.eval(ids)
-        ours = np.array(model(mx.array([ids]))[0], dtype=np.float32)
         theirs = np.array(llm.scores[: len(ids)], dtype=np.float32)[:, : ours.shape[-1]]
         window = slice(max(reply_start - 1, 0), len(ids) - 1)
         diff = np.abs(ours[window] - theirs[window])
         diffs.append(diff.max(axis=-1))
         agree += int((ours[window].argmax(-1) == theirs[window].argmax(-1)).sum())
         positions += diff.shape[0]
-        with llama_cpp_sparsity_std():
-            matched = np.array(model(mx.array([ids]))[0], dtype=np.float32)
         sample_std_diffs.append(float(np.abs(matched[window] - theirs[window]).max()))
-        prompt = ids[:reply_start]
-        cache = make_prompt_cache(model)
-        logits = model(mx.array([prompt]), cache=cache)
-        mine = []
-        for _ in range(greedy_tokens):
-            mine.append(int(logits[0, -1].argmax()))
-            logits = model(mx.array([[mine[-1]]]), cache=cache)
         llm.reset()
         theirs_greedy = []
-        for token in llm.generate(prompt, temp=0.0, top_k=1):
+        for token in llm.generate(ids[:reply_start], temp=0.0, top_k=1):
             theirs_greedy.append(int(token))
             if len(theirs_greedy) == greedy_tokens:
                 break

@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..errors import ExportError
 from ..runs import atomic_write_json, atomic_write_text
-from .check import GgufCheck, Parity, check_gguf, parity
+from .check import GgufCheck, Parity, check_gguf, mlx_reference, parity
 from .fuse import fuse
 from .gguf import convert_to_gguf, gguf_metadata, quantize
 from .place import PlacedModel, cactus_snippet, place
@@ -115,7 +115,11 @@ def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir:
     prompt = loaded.tokenizer.decode(sequences[0][0][: sequences[0][1]]) if sequences else "<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
     checks = [check_gguf(f16, prompt), check_gguf(gguf, prompt)]
     # Quality cost of the budget mix: the stock mix's parity is reported beside it.
-    parities = [parity(loaded.model, path, sequences) for path in [f16, *candidates]] if sequences else []
+    if sequences:
+        reference = mlx_reference(loaded.model, sequences)
+        parities = [parity(reference, path) for path in [f16, *candidates]]
+    else:
+        parities = []
     timings["check_s"] = time.perf_counter() - start
     sizes = {"f16_bytes": f16.stat().st_size, "gguf_bytes": gguf.stat().st_size,
              "stock_mix_bytes": candidates[0].stat().st_size}
