@@ -310,6 +310,15 @@ def apply_dev_profile(config: Config, explicit: dict) -> None:
             setattr(config.train, name, value)
     config.train.steps_per_eval = min(config.train.steps_per_eval, 8)
     config.train.steps_per_checkpoint = min(config.train.steps_per_checkpoint, 8)
+    apply_dev_validation(config)
+
+
+def apply_dev_validation(config: Config) -> None:
+    """Scores without quality thresholds on a short, balanced set of cases (MLX decodes the tiny
+    model at ~15 tokens/s on 2 CPU cores; the GGUF at ~600)."""
+    config.validate.quality_thresholds = False
+    config.validate.max_tokens = min(config.validate.max_tokens, 32)
+    config.validate.max_cases = config.validate.max_cases or 12
 
 
 def _base_for_adapter(config: Config, adapter_dir: Path, base: Optional[str]) -> Path:
@@ -408,7 +417,7 @@ def run_command(
     from .model.hub import resolve_base
 
     explicit = _train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_length, lora_rank, seed)
-    config = _config(train=explicit, model={"base_model": base})
+    config = _config(train=explicit, model={"base_model": base}, validate={"n_ctx": n_ctx})
     if dev:
         apply_dev_profile(config, explicit)
     config_table = Table(title="configuration", show_header=False)
@@ -416,36 +425,158 @@ def run_command(
     for key in ("epochs", "max_steps", "batch_size", "max_seq_length", "learning_rate", "lora_rank", "compute_dtype"):
         config_table.add_row(key, str(getattr(config.train, key)))
     console.print(config_table)
-    console.print("[bold]1/3 data[/bold]")
+    console.print("[bold]1/4 data[/bold]")
     dataset, dataset_dir = build_dataset_from_config(config)
     s = dataset.summary
     console.print(f"{s.accepted} scenarios ({s.train} train, {s.valid} validation), {len(s.rejected)} rejected, "
                   f"{s.warnings} warnings; report {dataset_dir / 'report.md'}")
     if validate_only:
-        validate_current_model(config)
+        current = _current_model(config)
+        if current is None:
+            console.print("no model in assets/models yet: data validated only")
+            return
+        gguf = config.path(current["gguf_path"])
+        adapter_dir, base_path = _run_of_model(config, current)
+        from .runs import new_run
+
+        run_validation_stage(config, gguf, adapter_dir, base_path, new_run(config.path(config.runs_dir), "validate").path,
+                             _previous_model(config, gguf))
         return
     base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
-    console.print(f"[bold]2/3 train[/bold] on {base_path}")
+    console.print(f"[bold]2/4 train[/bold] on {base_path}")
     result = run_training(config, dataset_dir, base_path, resume)
-    console.print("[bold]3/3 export[/bold]")
-    run_export(config, base_path, result.adapter_dir, quant, n_ctx, vision=False)
+    console.print("[bold]3/4 export[/bold]")
+    exported = run_export(config, base_path, result.adapter_dir, quant, n_ctx, vision=False)
+    console.print("[bold]4/4 validate[/bold]")
+    gguf = config.path(exported.placed.gguf_path)
+    run_validation_stage(config, gguf, result.adapter_dir, base_path, result.adapter_dir.parent / "validation",
+                         _previous_model(config, gguf))
 
 
-def validate_current_model(config: Config) -> None:
-    """The current model in assets/models: loads in llama.cpp, right template and stop token."""
-    from .errors import ValidationFailed
-    from .export.check import check_gguf
+def _previous_model(config: Config, gguf: Path) -> Optional[Path]:
+    """The version the app used before `gguf` (the current one, or the one before it in the manifest)."""
+    import json as _json
 
+    manifest = config.path("assets/models/manifest.json")
+    if not manifest.exists():
+        return None
+    versions = [config.path(v["gguf_path"]) for v in _json.loads(manifest.read_text()).get("versions", [])]
+    earlier = [v for v in versions if v != gguf.resolve()]
+    if gguf.resolve() in versions:
+        earlier = versions[:versions.index(gguf.resolve())]
+    return earlier[-1] if earlier and earlier[-1].is_file() else None
+
+
+def run_validation_stage(config: Config, gguf: Path, adapter_dir: Optional[Path], base_path: Optional[Path],
+                         out_dir: Path, previous: Optional[Path] = None):
+    """Score the GGUF (beside the tuned and base MLX models and the previous version) and check it for the app."""
+    import json as _json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .chat import MlxBackend
+    from .evaluate.cases import suite_cases, validation_cases
+    from .evaluate.validate import BASE_MLX, TUNED_MLX, raise_if_failed, run_validation, write_report
+
+    settings = config.validate
+    dataset_dir = config.path(config.data.dataset_dir)
+    cases = validation_cases(dataset_dir) + suite_cases()
+    vocabulary = set(_json.loads((dataset_dir / "vocabulary.json").read_text())) if (dataset_dir / "vocabulary.json").exists() else set()
+    from .dice import DICE_TOOLS
+
+    vocabulary |= set(DICE_TOOLS) | {t.lower() for t in config.data.agent_tools}
+    training_texts = [m["content"] for name in ("train.jsonl", "valid.jsonl") if (dataset_dir / name).exists()
+                      for line in (dataset_dir / name).read_text(encoding="utf-8").splitlines()
+                      for m in _json.loads(line)["messages"] if m["role"] == "assistant"]
+    backends = []
+    if adapter_dir is not None and base_path is not None:
+        backends.append((TUNED_MLX, lambda: MlxBackend(base_path, adapter_dir)))
+        if settings.compare_base:
+            backends.append((BASE_MLX, lambda: MlxBackend(base_path)))
+    columns = [TextColumn("[bold]validate[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done)
+
+        report = run_validation(gguf, cases, vocabulary, list(config.data.agent_tools), training_texts, settings,
+                                backends, previous, progress)
+    path = write_report(report, out_dir)
+    table = Table(title=f"validation of {gguf.name}")
+    for column in ("check", "result", "value", "threshold"):
+        table.add_column(column)
+    for check in report.checks:
+        value = f"{check.value:.3f}" if isinstance(check.value, float) else str(check.value if check.value is not None else "")
+        threshold = f"{check.threshold:.3f}" if isinstance(check.threshold, float) else str(check.threshold if check.threshold is not None else "")
+        table.add_row(check.name, "[green]pass[/green]" if check.passed else "[red]FAIL[/red]", value, threshold)
+    console.print(table)
+    for evaluation in report.evaluations:
+        o = evaluation.overall
+        console.print(f"{evaluation.label}: tool F1 {o['tool_f1'] if o['tool_f1'] is None else round(o['tool_f1'], 3)}, "
+                      f"format {o['format_compliance']:.3f}, context recall "
+                      f"{'n/a' if o['context_recall'] is None else round(o['context_recall'], 3)} ({evaluation.seconds:.0f} s)")
+    for note in report.notes:
+        console.print(f"[yellow]note[/yellow] {note}")
+    console.print(f"report: {path}")
+    raise_if_failed(report, path)
+    return report
+
+
+def _run_of_model(config: Config, entry: dict) -> tuple[Optional[Path], Optional[Path]]:
+    """The adapter and base a placed model came from, when its run folder is still there."""
+    adapter = config.path(config.runs_dir) / entry.get("run", "") / "adapters"
+    if not entry.get("run") or not (adapter / "adapters.safetensors").exists():
+        return None, None
+    try:
+        return adapter, _base_for_adapter(config, adapter, None)
+    except MlxDmError:
+        return None, None
+
+
+@app.command("validate")
+def validate_command(
+    model: Optional[Path] = typer.Option(None, "--model", help="The GGUF to validate (default: the current model in assets/models)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="Its run's adapters/ folder, to score the MLX models beside it (default: from the manifest)."),
+    max_cases: Optional[int] = typer.Option(None, "--max-cases", min=0, help="Score only this many cases (0: all)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context length the app uses."),
+    phone_ram_gb: Optional[float] = typer.Option(None, "--phone-ram-gb", help="RAM of the smallest phone to support."),
+    no_base: bool = typer.Option(False, "--no-base", help="Do not score the base model."),
+    dev: bool = typer.Option(False, "--dev", help="Tiny dev model: report scores without quality thresholds."),
+) -> None:
+    """Score a GGUF on the validation split and the D&D suite, and check it against the app (Cactus)."""
+    from .errors import ModelError
+    from .runs import new_run
+
+    config = _config(validate={"max_cases": max_cases, "max_tokens": max_tokens, "n_ctx": n_ctx,
+                               "phone_ram_gb": phone_ram_gb, "compare_base": False if no_base else None})
+    if dev:
+        apply_dev_validation(config)
+    build_dataset_from_config(config)
     current = _current_model(config)
-    if current is None:
-        console.print("no model in assets/models yet: data validated only")
-        return
-    check = check_gguf(config.path(current["gguf_path"]),
-                       "<bos><start_of_turn>user\nI open the door.<end_of_turn>\n<start_of_turn>model\n")
-    console.print(f"{current['gguf_path']}: loads {check.loads}, {check.architecture}, "
-                  f"Gemma template {check.chat_template_matches}, <end_of_turn> {check.has_end_of_turn}")
-    if not check.ok:
-        raise ValidationFailed("; ".join(check.problems), "re-export the model: `mlx-dm export`")
+    if model is None:
+        if current is None:
+            raise ModelError("no model given and none in assets/models", "pass --model FILE.gguf, or train first (`npm run train`)")
+        model = config.path(current["gguf_path"])
+    if not model.is_file():
+        raise ModelError(f"no GGUF file at {model}", "pass --model with a .gguf from assets/models (see manifest.json)")
+    entry = next((v for v in _manifest_versions(config) if config.path(v["gguf_path"]) == model.resolve()), {})
+    if adapter is not None:
+        adapter_dir, base_path = adapter, _base_for_adapter(config, adapter, None)
+    else:
+        adapter_dir, base_path = _run_of_model(config, entry)
+    out = new_run(config.path(config.runs_dir), "validate").path
+    run_validation_stage(config, model, adapter_dir, base_path, out, _previous_model(config, model))
+
+
+def _manifest_versions(config: Config) -> list[dict]:
+    import json as _json
+
+    manifest = config.path("assets/models/manifest.json")
+    return _json.loads(manifest.read_text()).get("versions", []) if manifest.exists() else []
 
 
 CHAT_HELP = "/roll 1d20+3 · /tools · /save file.md · /reset · /quit"

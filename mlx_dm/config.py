@@ -73,12 +73,31 @@ class TrainConfig:
 
 
 @dataclass
+class ValidateConfig:
+    """`mlx-dm validate`: what is generated and the thresholds a model must meet to be used."""
+
+    max_tokens: int = 96  # per generated DM reply
+    max_cases: int = 0  # 0: every DM reply of the validation split plus the built-in suite
+    n_ctx: int = 2048  # the context the app creates
+    min_tool_f1: float = 0.6
+    min_format_compliance: float = 0.9
+    min_in_role: float = 0.9
+    max_gguf_drift: float = 0.02  # tool-call F1 of the GGUF may trail the MLX model by this much
+    max_regression: float = 0.02  # ... and the model the app uses now by this much
+    phone_ram_gb: float = 6.0
+    app_memory_fraction: float = 0.5  # of the phone's RAM an app can count on (iOS/Android kill beyond)
+    compare_base: bool = True  # also score the base model, side by side
+    quality_thresholds: bool = True  # off for the tiny dev model, which cannot learn the DM in minutes
+
+
+@dataclass
 class Config:
     project_dir: str = "."
     runs_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

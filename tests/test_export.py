@@ -54,7 +54,7 @@ def test_run_dev_places_a_checked_gguf_with_cactus_config(exported):
 @pytest.mark.slow
 def test_export_report_parity_and_checks(exported):
     project, _ = exported
-    run = next((project / "runs").iterdir())
+    run = next((project / "runs").glob("*-train"))
     report = json.loads((run / "export" / "export-report.json").read_text())
     f16_check, q_check = report["checks"]
     for check in (f16_check, q_check):
@@ -86,7 +86,7 @@ def test_second_export_adds_a_version_and_keeps_the_first(exported):
 @pytest.mark.slow
 def test_mismatched_adapter_is_refused_and_assets_untouched(exported, tmp_path):
     project, _ = exported
-    run = next((project / "runs").iterdir())
+    run = next((project / "runs").glob("*-train"))
     before = sorted(p.name for p in (project / "assets" / "models").iterdir())
     other_base = tmp_path / "other"
     from mlx_dm.model.tiny import TinySpec, build_tiny_model
@@ -162,3 +162,36 @@ def test_size_budget_applies_the_per_tensor_mix(exported):
     assert len(report["parity"]) == 3  # f16, stock mix, budget mix: the quality cost side by side
     over = cli(project, "export", "--size-budget", "0.001")
     assert over.returncode == 6 and "over" in over.stderr and "--size-budget" in over.stderr
+
+
+@pytest.mark.slow
+def test_run_validates_the_exported_model(exported):
+    project, result = exported
+    run = next((project / "runs").glob("*-train"))
+    report = json.loads((run / "validation" / "validation.json").read_text())
+    assert report["passed"], report["checks"]
+    assert report["compat"]["eos_token"] == "<eos>"  # fuse writes one EOS id the converter can read
+    assert report["compat"]["template_renders_training_text"] and report["compat"]["end_of_turn_is_eog"]
+    assert 0 < report["compat"]["memory"]["total_bytes"] < report["compat"]["memory"]["budget_bytes"]
+    labels = [e["label"] for e in report["evaluations"]]
+    assert labels == ["tuned GGUF", "tuned MLX", "base MLX"]
+    assert all(e["overall"]["examples"] == report["cases"] > 0 for e in report["evaluations"])
+    assert (run / "validation" / "scores.png").stat().st_size > 10_000
+    assert "## Cactus compatibility" in (run / "validation" / "validation.md").read_text()
+    assert "4/4 validate" in result.stdout
+
+
+@pytest.mark.slow
+def test_validate_fails_below_thresholds_naming_the_checks(exported):
+    project, _ = exported
+    settings = project / "mlx-dm.toml"
+    original = settings.read_text()
+    settings.write_text(original + "[validate]\nmin_tool_f1 = 0.99\nphone_ram_gb = 0.05\n")
+    try:
+        result = cli(project, "validate", "--no-base", "--max-cases", "3", "--max-tokens", "8")
+    finally:
+        settings.write_text(original)
+    assert result.returncode == 7, result.stdout + result.stderr
+    assert "tool-call F1" in result.stderr and "fits a 0.05 GB phone" in result.stderr
+    report = json.loads(next((project / "runs").glob("*-validate/validation.json")).read_text())
+    assert report["cases"] == 3 and not report["passed"]

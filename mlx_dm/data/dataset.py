@@ -241,12 +241,21 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
     return Dataset(summary, train, valid, balanced, vocab, problems)
 
 
+def scenario_facts(scenario: Scenario) -> dict:
+    """The header facts evaluation checks replies against (party and player names, place, world)."""
+    party = [member.name for member in scenario.party]
+    if scenario.player_name and scenario.player_name not in party:
+        party.append(scenario.player_name)
+    return {"party": party, "location": scenario.location, "world": scenario.world}
+
+
 def _record(scenario: Scenario) -> dict:
     rendered = render_scenario(scenario)
     return {
         "path": scenario.path,
         "category": scenario.category,
         "category_source": scenario.category_source,
+        "facts": scenario_facts(scenario),
         "messages": rendered.messages,
         "text": rendered.text,
         "train_spans": rendered.train_spans,

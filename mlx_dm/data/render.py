@@ -160,17 +160,21 @@ class PromptExample:
 
 def dm_examples(scenario: Scenario) -> list[PromptExample]:
     """A prompt for every model message, for evaluation and parity checks."""
-    messages = scenario_messages(scenario)
+    return message_examples(scenario.path, scenario_messages(scenario))
+
+
+def message_examples(name: str, messages: list[dict[str, str]]) -> list[PromptExample]:
+    """A prompt for every model message of a rendered conversation (e.g. a dataset record)."""
     examples = []
     for index, message in enumerate(messages):
         if message["role"] == "assistant":
             history = messages[:index]
             prompt = render_messages(history, add_generation_prompt=True).text
-            examples.append(PromptExample(scenario.path, index, prompt, history, message["content"]))
+            examples.append(PromptExample(name, index, prompt, history, message["content"]))
     return examples
 
 
 __all__ = [
     "GEMMA_CHAT_TEMPLATE", "Rendered", "PromptExample", "context_text", "scenario_messages",
-    "render_messages", "render_scenario", "dm_examples", "USER", "DM",
+    "render_messages", "render_scenario", "dm_examples", "message_examples", "USER", "DM",
 ]

@@ -68,6 +68,11 @@ def _carry_base_files(base_dir: Path, out: Path) -> None:
     config = json.loads((base_dir / "config.json").read_text())
     config.pop("quantization", None)
     config.pop("quantization_config", None)
+    # Gemma 3n lists two end tokens ([<eos>, <end_of_turn>]); gguf-py's SpecialVocab takes only an
+    # int and, without a tokenizer.json to fall back on, writes no EOS at all (llama.cpp then uses
+    # <bos>). The GGUF gets <eos>; <end_of_turn> is an end-of-generation token in llama.cpp anyway.
+    if isinstance(config.get("eos_token_id"), list) and config["eos_token_id"]:
+        config["eos_token_id"] = config["eos_token_id"][0]
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name in CARRIED_FILES:
         if (base_dir / name).exists():

@@ -1,0 +1,167 @@
+"""Scoring of DM replies on hand-written outputs, case selection, memory parsing, the validation decision."""
+
+from __future__ import annotations
+
+from mlx_dm.config import ValidateConfig
+from mlx_dm.evaluate.cases import select_cases, suite_cases, validation_cases
+from mlx_dm.evaluate.compat import CompatReport, agent_tool_report, memory_from_logs
+from mlx_dm.evaluate.score import (
+    Facts,
+    aggregate,
+    normalise_arguments,
+    score_calls,
+    score_context,
+    score_interaction,
+    ExampleScore,
+)
+from mlx_dm.evaluate.validate import TUNED_GGUF, TUNED_MLX, BackendEval, ValidationReport, decide
+
+VOCAB = {"roll", "attack", "damage", "heal", "save", "inventory"}
+FACTS = Facts(party=["Tamsin", "Odo"], location="Collapsed watchtower on the High Road", world="Forgotten Realms")
+PROMPT = ("<bos><start_of_turn>user\nRole: Dungeon Master\nWorld: Forgotten Realms\n"
+          "Location: Collapsed watchtower on the High Road\nParty:\n- Tamsin (Halfling Rogue)\n- Odo (Human Cleric)\n\n"
+          "Tamsin creeps up the stairs.<end_of_turn>\n<start_of_turn>model\n")
+REFERENCE = "Tamsin, something shifts above. Make a Perception check. [roll: perception]"
+
+
+def example(output: str, reference: str = REFERENCE, category: str = "exploration") -> ExampleScore:
+    return ExampleScore("case", category, "suite", output, reference, score_calls(reference, output, VOCAB),
+                        score_context(PROMPT, reference, output, FACTS),
+                        score_interaction(output, "Tamsin creeps up the stairs.", FACTS))
+
+
+def test_right_call_scores_full_marks():
+    score = score_calls(REFERENCE, "Tamsin hears a scrape. Roll Perception. [roll: Perception ]", VOCAB)
+    assert (score.name_matches, score.argument_matches, score.exact) == (1, 1, True)
+
+
+def test_wrong_skill_is_the_right_tool_with_the_wrong_argument():
+    score = score_calls(REFERENCE, "Roll for it. [roll: stealth]", VOCAB)
+    assert (score.name_matches, score.argument_matches, score.exact) == (1, 0, False)
+
+
+def test_missing_call_and_call_where_none_belongs():
+    missing = aggregate([example("Tamsin sees nothing.")])
+    assert missing["tool_recall"] == 0.0 and missing["tool_f1"] == 0.0 and missing["call_detection"] == 0.0
+    extra = aggregate([example("The road is quiet. [roll: perception]", reference="The road is quiet.")])
+    assert extra["false_call_rate"] == 1.0 and extra["tool_precision"] == 0.0
+    quiet = aggregate([example("The road is quiet.", reference="The road is quiet.")])
+    assert quiet["tool_f1"] == 1.0 and quiet["tool_exact_match"] == 1.0 and quiet["false_call_rate"] == 0.0
+
+
+def test_malformed_and_unknown_calls_are_reported():
+    score = score_calls(REFERENCE, "Roll! [roll perception] and [summon: dragon]", VOCAB)
+    assert score.malformed == ["[roll perception]"] and score.unknown_tools == ["summon"]
+    assert not score.exact
+    agg = aggregate([example("Roll! [roll perception] and [summon: dragon]")])
+    assert agg["syntax_valid"] == 0.5 and agg["unknown_tools"] == ["summon"]
+
+
+def test_dice_arguments_normalise():
+    assert normalise_arguments(" 1D8 + 3 ") == normalise_arguments("1d8+3") == "1d8+3"
+    assert normalise_arguments("d20+5") == "1d20+5"
+    assert normalise_arguments("Brenna,  1d8+3") == "brenna,1d8+3"
+
+
+def test_context_uses_party_and_flags_invented_names_and_speakers():
+    good = score_context(PROMPT, REFERENCE, "Tamsin, the stairs creak. [roll: perception]", FACTS)
+    assert good.expected == ["Tamsin"] and good.mentioned == ["Tamsin"] and good.new_names == []
+    invented = score_context(PROMPT, REFERENCE, "Gorbag: Who goes there? Elminster steps out of the dark.", FACTS)
+    assert invented.mentioned == [] and "Gorbag" in invented.invented_speakers and "Elminster" in invented.new_names
+
+
+def test_interaction_rules():
+    assert score_interaction("Tamsin, you see a shadow move.", "Tamsin creeps up.", FACTS).problems == []
+    leak = score_interaction("The door opens.<end_of_turn>\n<start_of_turn>user", "Tamsin creeps up.", FACTS)
+    assert not leak.in_role and "template tokens" in leak.problems[0]
+    fake_dice = score_interaction("Tool results:\nperception: 18", "Tamsin creeps up.", FACTS)
+    assert not fake_dice.in_role
+    assistant = score_interaction("As an AI language model I cannot roll dice.", "Tamsin creeps up.", FACTS)
+    assert not assistant.in_role
+    agency = score_interaction("You decide to jump into the pit.", "Tamsin creeps up.", FACTS)
+    assert not agency.respects_agency
+    speaking_for = score_interaction("Odo: I will heal you!", "Tamsin creeps up.", FACTS)
+    assert not speaking_for.respects_agency
+    ignores = score_interaction("The mountains are tall.", "Tamsin creeps up.", FACTS)
+    assert not ignores.addresses_actor
+    assert not score_interaction("", "Tamsin creeps up.", FACTS).well_formed
+
+
+def test_aggregate_counts_per_call():
+    scores = [example("Tamsin: [roll: perception]"), example("Nothing here."),
+              example("[attack: goblin, dagger]", reference="[attack: goblin, dagger] [damage: 1d4+3]")]
+    agg = aggregate(scores)
+    # 2 predicted, both right; 4 expected (the second case expected a call too)
+    assert agg["tool_precision"] == 1.0 and agg["tool_recall"] == 0.5
+    assert abs(agg["tool_f1"] - 2 / 3) < 1e-9 and agg["call_detection"] == 2 / 3
+
+
+def test_suite_cases_cover_categories_and_expected_calls():
+    cases = suite_cases()
+    assert {c.category for c in cases} == {"combat", "exploration", "roleplay"}
+    assert sum("[" in c.reference for c in cases) >= 8 and sum("[" not in c.reference for c in cases) >= 3
+    assert all(c.prompt.endswith("<start_of_turn>model\n") for c in cases)
+    assert any(c.facts.party for c in cases)
+
+
+def test_select_cases_is_balanced_and_deterministic():
+    cases = suite_cases()
+    chosen = select_cases(cases, 6)
+    assert len(chosen) == 6 and {c.category for c in chosen} == {"combat", "exploration", "roleplay"}
+    assert [c.case for c in chosen] == [c.case for c in select_cases(cases, 6)]
+    assert select_cases(cases, 0) == cases
+
+
+def test_validation_cases_carry_facts(tmp_path):
+    import json
+
+    record = {"path": "a.md", "category": "combat", "facts": {"party": ["Brenna"], "location": "Mill", "world": "FR"},
+              "messages": [{"role": "user", "content": "Brenna attacks."}, {"role": "assistant", "content": "[attack: x, y]"}]}
+    (tmp_path / "valid.jsonl").write_text(json.dumps(record) + "\n")
+    (case,) = validation_cases(tmp_path)
+    assert case.facts.party == ["Brenna"] and case.reference == "[attack: x, y]" and case.last_user_message == "Brenna attacks."
+
+
+def test_memory_is_read_from_llama_cpp_logs():
+    lines = ["llama_kv_cache:        CPU KV buffer size =     1.00 MiB\n",
+             "llama_kv_cache: size =    1.00 MiB (  2048 cells,   4 layers,  1/1 seqs), K (f16):    0.50 MiB\n",
+             "llama_kv_cache: size =    4.00 MiB (  2048 cells,  16 layers,  1/1 seqs), K (f16):    2.00 MiB\n",
+             "llama_context:        CPU  output buffer size =     1.00 MiB\n",
+             "sched_reserve:        CPU compute buffer size =    52.50 MiB\n"]
+    kv, compute = memory_from_logs(lines)
+    assert kv == 5 * 2**20 and compute == int(53.5 * 2**20)
+
+
+def test_agent_report_acts_drops_and_unparseable():
+    report = agent_tool_report(["[roll: perception] [spellcast: fire bolt, wolf] [transition wilderness]"], ["roll"])
+    assert report["tools"]["roll"]["agent"] == "acts" and report["tools"]["spellcast"]["agent"] == "drops"
+    assert report["unparseable"] == ["[transition wilderness]"] and (report["acts"], report["drops"]) == (1, 1)
+
+
+def _report(gguf_output: str, mlx_output: str, compat: CompatReport) -> ValidationReport:
+    evaluations = [BackendEval(TUNED_GGUF, [example(gguf_output)], 1.0), BackendEval(TUNED_MLX, [example(mlx_output)], 1.0)]
+    return ValidationReport("m.gguf", 1, evaluations, compat, None, {})
+
+
+def _compat(**overrides) -> CompatReport:
+    values = dict(gguf="m.gguf", loads=True, template_renders_training_text=True, end_of_turn_is_eog=True,
+                  eos_token="<eos>", n_ctx=2048, context_ok=True,
+                  memory={"fits": True, "total_bytes": 1e9, "budget_bytes": 3e9})
+    values.update(overrides)
+    return CompatReport(**values)
+
+
+def test_decide_passes_a_good_model_and_names_what_fails():
+    good = _report(REFERENCE, REFERENCE, _compat())
+    decide(good, ValidateConfig())
+    assert good.passed, [c for c in good.checks if not c.passed]
+    drift = _report("Nothing.", REFERENCE, _compat(memory={"fits": False, "total_bytes": 4e9, "budget_bytes": 3e9}))
+    decide(drift, ValidateConfig())
+    failed = {c.name for c in drift.failed}
+    assert {"tool-call F1", "GGUF tool-call F1 vs tuned MLX", "fits a 6 GB phone"} <= failed
+
+
+def test_dev_profile_keeps_compatibility_checks_only():
+    report = _report("Nothing.", REFERENCE, _compat(eos_token="<bos>"))
+    decide(report, ValidateConfig(quality_thresholds=False))
+    assert [c.name for c in report.failed] == ["end-of-sequence token"] and report.notes
