@@ -234,6 +234,11 @@ def _train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_lengt
 
 def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Optional[bool]):
     """Train with a rich progress bar; resumes an unfinished run of the same config and data by default."""
+    from .hardware import fits_without_savings
+
+    if (config.model.quantize_base or config.train.grad_checkpoint) and fits_without_savings(detect(), base_path):
+        # The hardware profile assumes Gemma 3n E2B; a small base needs neither saving.
+        config.model.quantize_base = config.train.grad_checkpoint = False
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .runs import Run, attach_log_file, new_run
@@ -272,7 +277,7 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
 
 @app.command("train")
 def train_command(
-    base: Optional[str] = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, or 'tiny'."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, 'tiny', or 'gemma3-270m' (real weights, optional package)."),
     dev: bool = typer.Option(False, "--dev", help="Use the built-in tiny offline Gemma 3n with a short schedule."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=0, help="Stop after this many optimizer steps."),
@@ -355,6 +360,8 @@ def _latest_adapter(config: Config) -> Path:
 def model_name(base_model: str) -> str:
     if base_model == "tiny":
         return "dm-tiny-gemma3n"
+    if base_model == "gemma3-270m":
+        return "dm-gemma3-270m"
     return "dm-" + base_model.split("/")[-1].lower().replace("-it", "").replace("_", "-")
 
 
@@ -399,7 +406,7 @@ def export_command(
 
 @app.command("run")
 def run_command(
-    base: Optional[str] = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, or 'tiny'."),
+    base: Optional[str] = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, 'tiny', or 'gemma3-270m' (real weights, optional package)."),
     dev: bool = typer.Option(False, "--dev", help="The built-in tiny offline Gemma 3n with a short schedule."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=0),

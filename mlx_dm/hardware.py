@@ -162,6 +162,20 @@ def detect() -> Hardware:
     )
 
 
+def checkpoint_bytes(folder) -> int:
+    from pathlib import Path
+
+    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+
+
+def fits_without_savings(hw: Hardware, base_folder) -> bool:
+    """True when the base in float32 takes under a quarter of the memory MLX may use: then a 4-bit
+    base and gradient checkpointing only cost time (and MLX's quantised matmuls are slow on CPUs)."""
+    budget = hw.mlx_memory_limit_bytes or hw.total_memory_bytes
+    stored = checkpoint_bytes(base_folder)
+    return 0 < stored * 2 < budget / 4  # *2: a bf16 checkpoint doubles in float32
+
+
 def recommend_profile(hw: Hardware) -> TrainingProfile:
     """Training defaults for Gemma 3n E2B from the memory MLX may use on this device.
 

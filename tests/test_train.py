@@ -189,3 +189,25 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
     assert [r["tokens"] for r in results["batch2"]] == [r["tokens"] for r in results["accumulated"]]
     for one, other in zip(results["batch2"], results["accumulated"]):
         assert one["loss"] == pytest.approx(other["loss"], rel=1e-4, abs=1e-4)
+
+
+def test_loss_on_dm_positions_equals_the_full_logits_loss(tmp_path):
+    """The head runs on the DM tokens only; the loss is the masked mean over full logits all the same."""
+    import mlx.nn as nn
+
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import build_tiny_model
+    from mlx_dm.train.trainer import batch_arrays, loss_fn
+
+    model = load_model(build_tiny_model(tmp_path / "tiny", None), dtype="float32").model
+    rng = np.random.default_rng(0)
+    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.integers(0, 2, n)))
+                for i, n in enumerate([40, 30, 25])]
+    batch = batching.make_batch(batching.pack(examples, 64), 65)
+    positions, weights = batch.loss_positions()
+    assert len(positions) % 64 == 0 and weights.sum() == batch.loss_mask.sum()
+    loss, tokens = loss_fn(model, *batch_arrays(batch))
+    logits = model(mx.array(batch.inputs), mask=attention_mask(mx.array(batch.segments)))
+    full = (nn.losses.cross_entropy(logits, mx.array(batch.targets)) * mx.array(batch.loss_mask)).sum() / batch.loss_mask.sum()
+    assert tokens.item() == batch.loss_mask.sum()
+    assert loss.item() == pytest.approx(full.item(), rel=1e-5)

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import ModelError
 
 TINY = "tiny"
+GEMMA3_270M = "gemma3-270m"  # real Gemma 3 270M weights from an optional package (model/gguf_import.py)
 KNOWN_BASES = {
     "e2b": "google/gemma-3n-E2B-it",
     "e4b": "google/gemma-3n-E4B-it",
@@ -24,6 +25,10 @@ def resolve_base(name: str, project_dir: Path, scenarios_dir: Path | None = None
         from .tiny import build_tiny_model
 
         return build_tiny_model(Path(project_dir) / ".mlx-dm" / "models" / "tiny-gemma3n", scenarios_dir)
+    if name.lower() == GEMMA3_270M:
+        from .gguf_import import gemma3_270m_base
+
+        return gemma3_270m_base(Path(project_dir) / ".mlx-dm" / "models")
     name = KNOWN_BASES.get(name.lower(), name)
     local = Path(name).expanduser()
     if local.exists() or name.startswith((".", "/", "~")):

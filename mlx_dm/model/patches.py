@@ -13,6 +13,10 @@
    coefficient layers whose `.weight` Gemma 3n reassigns in its forward pass, which then fails
    with `LoRALinear has no attribute weight`. `GEMMA3N_LORA_KEYS` lists the projections that work.
 
+4. Gemma 3 text (mlx_lm/models/gemma3_text.py) has no way to pass an attention mask, so packed
+   training rows would attend across scenarios. Not a bug upstream, an extension: the same
+   optional ``mask=`` argument as Gemma 3n's, applied to full and (windowed) sliding layers.
+
 `apply()` is idempotent; `is_applied()` says whether the running process has it.
 """
 
@@ -52,7 +56,7 @@ def _magnitude(x: mx.array) -> mx.array:
 
 
 def language_model_call(self, inputs: mx.array = None, cache: Any = None, input_embeddings: mx.array = None,
-                        mask: Any = None) -> mx.array:
+                        mask: Any = None, return_hidden: bool = False) -> mx.array:
     """mlx_lm.models.gemma3n.LanguageModel.__call__ with fixes 1 and 2.
 
     ``mask`` (optional) replaces both attention masks, e.g. a block-diagonal mask that keeps
@@ -98,12 +102,30 @@ def language_model_call(self, inputs: mx.array = None, cache: Any = None, input_
     h = mx.mean(h, axis=0)
 
     out = self.norm(h)
-    out = self.embed_tokens.as_linear(out)
-    if self.final_logit_softcapping is not None:
+    return out if return_hidden else gemma3n_head(self, out)
+
+
+def gemma3n_head(language_model, hidden: mx.array) -> mx.array:
+    out = language_model.embed_tokens.as_linear(hidden)
+    if language_model.final_logit_softcapping is not None:
         from mlx_lm.models.gemma3n import logit_softcap
 
-        out = logit_softcap(self.final_logit_softcapping, out)
+        out = logit_softcap(language_model.final_logit_softcapping, out)
     return out
+
+
+def hidden_states(model, inputs: mx.array, mask: Any = None) -> mx.array:
+    """The final normed hidden states (before the output head) of a Gemma 3n or Gemma 3 text model."""
+    if model.model_type == "gemma3n":
+        return model.model.language_model(inputs, mask=mask, return_hidden=True)
+    return model.model(inputs, mask=mask)
+
+
+def output_logits(model, hidden: mx.array) -> mx.array:
+    """The output head (tied embeddings, soft-capping where the model has it) on given hidden states."""
+    if model.model_type == "gemma3n":
+        return gemma3n_head(model.model.language_model, hidden)
+    return model.model.embed_tokens.as_linear(hidden) if model.tie_word_embeddings else model.lm_head(hidden)
 
 
 def _with_window(mask: mx.array, length: int, window: int) -> mx.array:
@@ -122,20 +144,49 @@ def _model_call(self, inputs, cache=None, input_embeddings=None, mask=None):
     return self.model(inputs, cache=cache, input_embeddings=input_embeddings, mask=mask)
 
 
+def gemma3_text_model_call(self, inputs, cache=None, input_embeddings=None, mask=None):
+    """mlx_lm.models.gemma3_text.Gemma3Model.__call__ with an optional attention mask (fix 4)."""
+    from mlx_lm.models.base import create_attention_mask
+
+    h = self.embed_tokens(inputs) if input_embeddings is None else input_embeddings
+    h *= mx.array(self.args.hidden_size**0.5, mx.bfloat16).astype(h.dtype)
+    if cache is None:
+        cache = [None] * len(self.layers)
+    if mask is None:
+        global_mask = create_attention_mask(h, cache[self.sliding_window_pattern - 1])
+        sliding_mask = (create_attention_mask(h, cache[0], window_size=self.window_size)
+                        if self.sliding_window_pattern > 1 else None)
+    else:
+        global_mask = mask
+        sliding_mask = _with_window(mask, h.shape[1], self.window_size)
+    for i, (layer, layer_cache) in enumerate(zip(self.layers, cache)):
+        is_global = i % self.sliding_window_pattern == self.sliding_window_pattern - 1
+        h = layer(h, global_mask if is_global else sliding_mask, layer_cache)
+    return self.norm(h)
+
+
+def _gemma3_text_call(self, inputs, cache=None, input_embeddings=None, mask=None):
+    out = self.model(inputs, cache, input_embeddings, mask=mask)
+    return self.model.embed_tokens.as_linear(out) if self.tie_word_embeddings else self.lm_head(out)
+
+
 _originals: dict[str, Any] = {}
 
 
 def apply() -> None:
-    """Install fixes 1 and 2 into mlx-lm's Gemma 3n classes (fix 3 is used by the trainer)."""
-    from mlx_lm.models import gemma3n
+    """Install fixes 1, 2 and 4 into mlx-lm's classes (fix 3 is used by the trainer)."""
+    from mlx_lm.models import gemma3_text, gemma3n
 
     if is_applied():
         return
     _originals.update(LanguageModel=gemma3n.LanguageModel.__call__, Gemma3n=gemma3n.Gemma3n.__call__,
-                      Model=gemma3n.Model.__call__)
+                      Model=gemma3n.Model.__call__, Gemma3TextModel=gemma3_text.Gemma3Model.__call__,
+                      Gemma3TextOuter=gemma3_text.Model.__call__)
     gemma3n.LanguageModel.__call__ = language_model_call
     gemma3n.Gemma3n.__call__ = _gemma3n_call
     gemma3n.Model.__call__ = _model_call
+    gemma3_text.Gemma3Model.__call__ = gemma3_text_model_call
+    gemma3_text.Model.__call__ = _gemma3_text_call
 
 
 def is_applied() -> bool:
@@ -150,6 +201,10 @@ def remove() -> None:
 
     if not is_applied():
         return
+    from mlx_lm.models import gemma3_text
+
     gemma3n.LanguageModel.__call__ = _originals["LanguageModel"]
     gemma3n.Gemma3n.__call__ = _originals["Gemma3n"]
     gemma3n.Model.__call__ = _originals["Model"]
+    gemma3_text.Gemma3Model.__call__ = _originals["Gemma3TextModel"]
+    gemma3_text.Model.__call__ = _originals["Gemma3TextOuter"]

@@ -102,6 +102,19 @@ class Batch:
     loss_mask: np.ndarray  # (B, L-1)
     segments: np.ndarray  # (B, L-1)
 
+    def loss_positions(self, bucket: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Flat indices of the tokens with loss, padded to a multiple of ``bucket`` (weight 0).
+
+        The output head runs on these positions only: with Gemma's 262k vocabulary the logits of
+        every position cost more than the rest of the model. Padding to buckets keeps the number
+        of shapes (compilations) small."""
+        flat = np.flatnonzero(self.loss_mask.reshape(-1)).astype(np.int32)
+        size = min(max(bucket, -(-len(flat) // bucket) * bucket), self.loss_mask.size)
+        positions = np.zeros(size, np.int32)
+        weights = np.zeros(size, np.float32)
+        positions[:len(flat)], weights[:len(flat)] = flat, 1.0
+        return positions, weights
+
     @property
     def trainable_tokens(self) -> int:
         return int(self.loss_mask.sum())

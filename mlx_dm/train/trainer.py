@@ -102,11 +102,20 @@ def attention_mask(segments: mx.array) -> mx.array:
     return ((same & causal) | diagonal)[:, None, :, :]
 
 
-def loss_fn(model, inputs, targets, loss_mask, segments):
-    logits = model(inputs, mask=attention_mask(segments))
-    losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets) * loss_mask
-    tokens = loss_mask.sum()
+def loss_fn(model, inputs, targets, positions, weights, segments):
+    """Mean cross-entropy over the DM tokens; the output head runs at those positions only."""
+    hidden = patches.hidden_states(model, inputs, mask=attention_mask(segments))
+    selected = hidden.reshape(-1, hidden.shape[-1])[positions]
+    logits = patches.output_logits(model, selected)
+    losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets.reshape(-1)[positions]) * weights
+    tokens = weights.sum()
     return losses.sum() / mx.maximum(tokens, 1), tokens
+
+
+def batch_arrays(batch: batching.Batch) -> tuple:
+    positions, weights = batch.loss_positions()
+    return (mx.array(batch.inputs), mx.array(batch.targets), mx.array(positions), mx.array(weights),
+            mx.array(batch.segments))
 
 
 def apply_lora(model, config: Config) -> dict:
@@ -134,8 +143,7 @@ def evaluate_loss(model, rows: list[batching.PackedRow], length: int, batch_size
     total, tokens = 0.0, 0.0
     for start in range(0, len(rows), batch_size):
         batch = batching.make_batch(rows[start:start + batch_size], length + 1)
-        loss, n = loss_fn(model, mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.loss_mask),
-                          mx.array(batch.segments))
+        loss, n = loss_fn(model, *batch_arrays(batch))
         mx.eval(loss, n)
         total += loss.item() * n.item()
         tokens += n.item()
@@ -156,9 +164,6 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     key = run_key(config, base_path, fingerprint)
     loaded = load_model(base_path, quantize_4bit=config.model.quantize_base, dtype=config.train.compute_dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
-    if loaded.family != "gemma3n":
-        raise TrainingError(f"{base_path} is a {loaded.config.get('model_type')} model; this trainer handles Gemma 3n",
-                            "use a Gemma 3n base (google/gemma-3n-E2B-it, or --base tiny)")
     adapter_config = apply_lora(model, config)
     if config.train.grad_checkpoint:
         from mlx_lm.tuner.trainer import grad_checkpoint
@@ -186,12 +191,12 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     value_and_grad = nn.value_and_grad(model, loss_fn)
     state = [model.state, optimizer.state, mx.random.state]
 
-    def micro_step(inputs, targets, mask, segments):
-        (loss, tokens), grad = value_and_grad(model, inputs, targets, mask, segments)
+    def micro_step(inputs, targets, positions, weights, segments):
+        (loss, tokens), grad = value_and_grad(model, inputs, targets, positions, weights, segments)
         return loss, tokens, grad
 
-    def full_step(inputs, targets, mask, segments):
-        loss, tokens, grad = micro_step(inputs, targets, mask, segments)
+    def full_step(inputs, targets, positions, weights, segments):
+        loss, tokens, grad = micro_step(inputs, targets, positions, weights, segments)
         optimizer.update(model, grad)
         return loss, tokens
 
@@ -243,8 +248,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                     step_start = position  # a checkpoint mid-accumulation resumes from here
                 chosen = [train_rows[i] for i in order[position:position + batch_size]]
                 batch = batching.make_batch(chosen, length + 1)
-                arrays = (mx.array(batch.inputs), mx.array(batch.targets), mx.array(batch.loss_mask),
-                          mx.array(batch.segments))
+                arrays = batch_arrays(batch)
                 position += batch_size
                 real += int(sum(len(r.ids) for r in chosen))  # tokens of every micro-batch in this step
                 mx.random.seed(config.train.seed * 1_000_003 + step * 1_009 + micro_count)
