@@ -25,6 +25,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Turn D&D scenario transcripts into an on-device Dungeon Master model (Gemma 3n, MLX, GGUF).")
 data_app = typer.Typer(no_args_is_help=True, help="Scan, validate and build the scenario dataset.")
 app.add_typer(data_app, name="data")
+models_app = typer.Typer(no_args_is_help=True, help="Model versions in assets/models: list, show, promote, rollback.")
+app.add_typer(models_app, name="models")
 
 _state = {"debug": False, "project": Path(".")}
 
@@ -151,6 +153,15 @@ def build_dataset_from_config(config: Config, scenarios: Optional[Path] = None):
         config.data.target_mix if config.data.balance else None, config.data.agent_tools, config.data.max_file_bytes,
     )
     out = write_dataset(dataset, config.path(config.data.dataset_dir))
+    if scenarios is None:  # the project's own scenarios: keep its tool vocabulary and docs/tools.md current
+        from .data.vocabulary import extend_vocabulary, write_tools_doc
+
+        new, vocabulary = extend_vocabulary(Path(config.project_dir), dataset.vocabulary, config.data.agent_tools)
+        for name in new:
+            info = vocabulary[name]
+            console.print(f"[yellow]new tool[/yellow] `{name}` (first in {info['first_file']}:{info['first_line']}, "
+                          f"{info['count']} calls; the app's agent {'acts on' if info['agent_acts'] else 'drops'} it)")
+        write_tools_doc(Path(config.project_dir), vocabulary, config.data.agent_tools)
     return dataset, out
 
 
@@ -378,14 +389,37 @@ def run_export(config: Config, base_path: Path, adapter: Path, quant: str, n_ctx
     for parity in result.parity:
         console.print(f"parity {Path(parity.gguf).name}: argmax agreement {parity.argmax_agreement:.3f}, "
                       f"max logit diff {parity.max_logit_diff:.4f}, greedy equal {parity.greedy_equal}/{parity.greedy_total}")
-    from .export.place import cactus_snippet
-
     placed = result.placed
-    console.print(f"[green]model[/green] {placed.gguf_path} ({placed.size_bytes / 1e6:.1f} MB, {placed.quant}, {placed.version})")
-    console.print("[bold]cactus.ts[/bold] (also in assets/models/cactus-config.ts and cactus-config.json):")
-    console.print(escape(cactus_snippet(placed)), soft_wrap=True)  # exact lines, never wrapped
-    console.print(f"report: {run_dir / 'export' / 'export-report.md'}")
+    console.print(f"stored {placed.version}: {placed.gguf_path} ({placed.size_bytes / 1e6:.1f} MB, {placed.quant}); "
+                  f"report: {run_dir / 'export' / 'export-report.md'}")
     return result
+
+
+def validate_and_promote(config: Config, placed, adapter_dir: Optional[Path], base_path: Optional[Path], out_dir: Path):
+    """Validate a stored version against the app's current model; promote it only when it passes."""
+    from .errors import ValidationFailed
+    from .export.place import cactus_snippet, promote, prune_versions, update_version
+
+    gguf = config.path(placed.gguf_path)
+    current = _current_model(config)
+    previous = config.path(current["gguf_path"]) if current else None
+    try:
+        report = run_validation_stage(config, gguf, adapter_dir, base_path, out_dir,
+                                      previous if previous and previous.is_file() else None)
+    except ValidationFailed:
+        update_version(Path(config.project_dir), placed, status="rejected", validation=str(out_dir / "validation.md"))
+        console.print(f"[yellow]{placed.version} is kept in assets/models/versions but not used: the app stays on "
+                      f"{current['version'] if current else 'no model'}[/yellow]")
+        raise
+    update_version(Path(config.project_dir), placed, status="validated", validation=str(out_dir / "validation.md"),
+                   scores={k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance")} if report.evaluations else {})
+    promoted = promote(Path(config.project_dir), placed.version)
+    removed = prune_versions(Path(config.project_dir), config.model.keep_versions)
+    console.print(f"[green]model[/green] {promoted.gguf_path} ({promoted.size_bytes / 1e6:.1f} MB, {promoted.quant}, "
+                  f"{promoted.version}) is now the app's model" + (f"; pruned {', '.join(removed)}" if removed else ""))
+    console.print("[bold]cactus.ts[/bold] (also in assets/models/cactus-config.ts and cactus-config.json):")
+    console.print(escape(cactus_snippet(promoted)), soft_wrap=True)  # exact lines, never wrapped
+    return promoted
 
 
 @app.command("export")
@@ -398,10 +432,14 @@ def export_command(
     size_budget: float = typer.Option(2.0, "--size-budget", help="Largest GGUF in GB (0: no limit); Q4_K_M over it gets a smaller per-tensor mix."),
 ) -> None:
     """Fuse the adapter, convert with llama.cpp, quantise, check, and place the GGUF in assets/models."""
-    config = _config()
+    config = _config(validate={"n_ctx": n_ctx})
     adapter_dir = adapter or _latest_adapter(config)
     base_path = _base_for_adapter(config, adapter_dir, base)
-    run_export(config, base_path, adapter_dir, quant, n_ctx, vision, size_budget)
+    if config.model.base_model == "tiny":
+        apply_dev_validation(config)
+    result = run_export(config, base_path, adapter_dir, quant, n_ctx, vision, size_budget)
+    validate_and_promote(config, result.placed, adapter_dir, base_path,
+                         adapter_dir.parent / f"validation-{result.placed.version}")
 
 
 @app.command("run")
@@ -419,6 +457,8 @@ def run_command(
     quant: str = typer.Option("Q4_K_M", "--quant"),
     n_ctx: int = typer.Option(2048, "--n-ctx"),
     validate_only: bool = typer.Option(False, "--validate-only", help="Validate the data and the current model; no training."),
+    incremental: Optional[bool] = typer.Option(None, "--incremental/--full", help="Continue from the app's model on the new scenarios plus a replay of the old (default: when scenarios were only added)."),
+    force: bool = typer.Option(False, "--force", help="Train even when no scenario changed since the app's model."),
 ) -> None:
     """The whole job: scenarios → dataset → LoRA training → GGUF in assets/models with the Cactus config."""
     from .model.hub import resolve_base
@@ -449,29 +489,75 @@ def run_command(
         run_validation_stage(config, gguf, adapter_dir, base_path, new_run(config.path(config.runs_dir), "validate").path,
                              _previous_model(config, gguf))
         return
+    plan = plan_retraining(config, dataset_dir, incremental, force)
+    if plan is None:
+        return
+    dataset_dir = plan
     base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
     console.print(f"[bold]2/4 train[/bold] on {base_path}")
     result = run_training(config, dataset_dir, base_path, resume)
     console.print("[bold]3/4 export[/bold]")
     exported = run_export(config, base_path, result.adapter_dir, quant, n_ctx, vision=False)
     console.print("[bold]4/4 validate[/bold]")
-    gguf = config.path(exported.placed.gguf_path)
-    run_validation_stage(config, gguf, result.adapter_dir, base_path, result.adapter_dir.parent / "validation",
-                         _previous_model(config, gguf))
+    validate_and_promote(config, exported.placed, result.adapter_dir, base_path, result.adapter_dir.parent / "validation")
+
+
+def plan_retraining(config: Config, dataset_dir: Path, incremental: Optional[bool], force: bool) -> Optional[Path]:
+    """Compare the scenarios with those the app's model saw: stop, train incrementally, or train in full.
+
+    Returns the dataset folder to train on, or None when there is nothing to do."""
+    import json as _json
+
+    from .errors import ConfigError
+    from .export.place import find_version
+    from .incremental import data_changes, incremental_dataset
+
+    current = _current_model(config)
+    same_base = current is not None and current["base_model"] == config.model.base_model
+    stored = config.path(find_version(Path(config.project_dir), current["version"])["gguf_path"]).parent if current else None
+    seen_file = stored / "data-files.json" if stored else None
+    if not same_base or seen_file is None or not seen_file.exists():
+        if incremental:
+            raise ConfigError("--incremental needs an app model trained on this base with its adapter and data record",
+                              "run without --incremental (a full training)")
+        return dataset_dir
+    changes = data_changes(_json.loads(seen_file.read_text()), _json.loads((dataset_dir / "files.json").read_text()))
+    console.print(f"data: {changes.summary()} ({current['version']})")
+    for label, paths in (("new", changes.new), ("changed", changes.changed), ("removed", changes.removed)):
+        for path in paths[:20]:
+            console.print(f"  {label}: {path}")
+    if changes.unchanged and not force:
+        console.print(f"[green]{current['version']} was trained on exactly these scenarios: nothing to do[/green] "
+                      "(--force trains again)")
+        return None
+    adapter = stored / "adapters"
+    if incremental is None:
+        incremental = changes.additions_only and (adapter / "adapters.safetensors").exists()
+    if not incremental:
+        return dataset_dir
+    if not (adapter / "adapters.safetensors").exists():
+        raise ConfigError(f"{current['version']} has no stored adapter to continue from", "train in full: --full")
+    config.train.init_adapter = str(adapter)
+    out = incremental_dataset(dataset_dir, dataset_dir.parent / "dataset-incremental", changes.new,
+                              config.train.replay_fraction, config.data.seed)
+    plan = _json.loads((out / "incremental.json").read_text())
+    console.print(f"incremental: continuing from {current['version']}'s adapter on {len(plan['new'])} new scenarios "
+                  f"+ {len(plan['replayed'])} replayed")
+    return out
 
 
 def _previous_model(config: Config, gguf: Path) -> Optional[Path]:
-    """The version the app used before `gguf` (the current one, or the one before it in the manifest)."""
-    import json as _json
+    """What `gguf` is compared with: the app's current model, or for the current one the one promoted before it."""
+    from .export.place import load_manifest, models_dir_of
 
-    manifest = config.path("assets/models/manifest.json")
-    if not manifest.exists():
+    manifest = load_manifest(models_dir_of(Path(config.project_dir)))
+    current = manifest["current"]
+    if current is None:
         return None
-    versions = [config.path(v["gguf_path"]) for v in _json.loads(manifest.read_text()).get("versions", [])]
-    earlier = [v for v in versions if v != gguf.resolve()]
-    if gguf.resolve() in versions:
-        earlier = versions[:versions.index(gguf.resolve())]
-    return earlier[-1] if earlier and earlier[-1].is_file() else None
+    if config.path(current["gguf_path"]) != gguf.resolve():
+        return config.path(current["gguf_path"])
+    earlier = [v for v in manifest["versions"] if len(manifest["history"]) > 1 and v["version"] == manifest["history"][-2]]
+    return config.path(earlier[0]["gguf_path"]) if earlier and config.path(earlier[0]["gguf_path"]).is_file() else None
 
 
 def run_validation_stage(config: Config, gguf: Path, adapter_dir: Optional[Path], base_path: Optional[Path],
@@ -533,12 +619,22 @@ def run_validation_stage(config: Config, gguf: Path, adapter_dir: Optional[Path]
 
 
 def _run_of_model(config: Config, entry: dict) -> tuple[Optional[Path], Optional[Path]]:
-    """The adapter and base a placed model came from, when its run folder is still there."""
-    adapter = config.path(config.runs_dir) / entry.get("run", "") / "adapters"
-    if not entry.get("run") or not (adapter / "adapters.safetensors").exists():
+    """The adapter (stored with the version, else in its run) and the base a model came from."""
+    from .model.hub import resolve_base
+
+    stored = config.path(entry["gguf_path"]).parent / "adapters"
+    if entry.get("version"):
+        from .export.place import find_version
+
+        try:
+            stored = config.path(find_version(Path(config.project_dir), entry["version"])["gguf_path"]).parent / "adapters"
+        except MlxDmError:
+            pass
+    adapter = stored if (stored / "adapters.safetensors").exists() else config.path(config.runs_dir) / entry.get("run", "") / "adapters"
+    if not (adapter / "adapters.safetensors").exists():
         return None, None
     try:
-        return adapter, _base_for_adapter(config, adapter, None)
+        return adapter, resolve_base(entry["base_model"], Path(config.project_dir), config.path(config.data.scenarios_dir))
     except MlxDmError:
         return None, None
 
@@ -584,6 +680,156 @@ def _manifest_versions(config: Config) -> list[dict]:
 
     manifest = config.path("assets/models/manifest.json")
     return _json.loads(manifest.read_text()).get("versions", []) if manifest.exists() else []
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every stored version, its status and scores; the app's current one is marked."""
+    from .export.place import load_manifest, models_dir_of
+
+    config = _config()
+    manifest = load_manifest(models_dir_of(Path(config.project_dir)))
+    if not manifest["versions"]:
+        console.print("no model versions yet: train first (`npm run train`)")
+        return
+    current = manifest["current"]["version"] if manifest["current"] else None
+    table = Table(title="assets/models")
+    for column in ("", "version", "status", "quant", "size", "tool F1", "created"):
+        table.add_column(column, no_wrap=True)
+    for entry in manifest["versions"]:
+        f1 = (entry.get("scores") or {}).get("tool_f1")
+        table.add_row("*" if entry["version"] == current else "", entry["version"], entry.get("status", ""), entry["quant"],
+                      f"{entry['size_bytes'] / 1e6:.1f} MB", "" if f1 is None else f"{f1:.3f}", entry["created"][:16])
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(version: str = typer.Argument(..., help="e.g. v2")) -> None:
+    """One version's manifest entry (paths, sha256, data fingerprint, validation report)."""
+    import json as _json
+
+    from .export.place import find_version
+
+    config = _config()
+    console.print_json(_json.dumps(find_version(Path(config.project_dir), version)))
+
+
+@models_app.command("promote")
+def models_promote(version: str = typer.Argument(...),
+                   force: bool = typer.Option(False, "--force", help="Promote a version that has not passed validation.")) -> None:
+    """Make a stored version the app's model (GGUF, manifest and Cactus config, each replaced atomically)."""
+    from .errors import ValidationFailed
+    from .export.place import find_version, promote
+
+    config = _config()
+    entry = find_version(Path(config.project_dir), version)
+    if entry.get("status") not in ("validated", "promoted", "rolled back") and not force:
+        raise ValidationFailed(f"{entry['version']} is '{entry.get('status')}', not validated",
+                               f"run `mlx-dm validate --model {entry['gguf_path']}`, or pass --force")
+    placed = promote(Path(config.project_dir), entry["version"])
+    console.print(f"[green]{placed.version}[/green] is the app's model: {placed.gguf_path}")
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Back to the version promoted before the current one."""
+    from .export.place import rollback
+
+    config = _config()
+    placed = rollback(Path(config.project_dir))
+    console.print(f"[green]rolled back[/green] to {placed.version}: {placed.gguf_path}")
+
+
+@app.command("bench")
+def bench_command(
+    base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the current model's base, else 'tiny')."),
+    steps: int = typer.Option(6, "--steps", min=1, help="Optimizer steps per training run."),
+    seq: int = typer.Option(256, "--seq", min=32, help="Training sequence length."),
+    batch: int = typer.Option(2, "--batch", min=1),
+    repetitions: int = typer.Option(3, "--repetitions", min=1, help="Measured runs (after a warm-up for generation)."),
+    max_tokens: int = typer.Option(32, "--max-tokens", min=1, help="Generated tokens per generation run."),
+    no_train: bool = typer.Option(False, "--no-train", help="Skip the training comparison."),
+    compare_to: Optional[Path] = typer.Option(None, "--compare", help="An earlier bench.json: flag regressions."),
+    tolerance: float = typer.Option(0.15, "--tolerance", help="Allowed regression, as a fraction, for --compare."),
+) -> None:
+    """Training tokens/s and memory against mlx_lm.lora; generation speed of MLX against the GGUFs."""
+    import json as _json
+    import tempfile
+
+    from . import bench
+    from .errors import ValidationFailed
+    from .export.place import find_version
+    from .hardware import detect as _detect
+    from .model.hub import resolve_base
+    from .runs import new_run
+
+    config = _config()
+    current = _current_model(config)
+    config.model.base_model = base or (current["base_model"] if current else "tiny")
+    _, dataset_dir = build_dataset_from_config(config)
+    base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
+    measurements, ratios = [], {}
+    if not no_train:
+        stock_runs, our_runs = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            data = bench.stock_lora_data(dataset_dir, Path(tmp) / "stock-data")
+            for index in range(repetitions):
+                console.print(f"bench: training run {index + 1}/{repetitions} (mlx_lm.lora, then mlx-dm)")
+                work = Path(tmp) / f"run{index}"
+                work.mkdir()
+                stock_runs.append(bench.train_stock(base_path, data, work, steps, seq, batch, 1e-4))
+                our_runs.append(bench.train_ours(config.model.base_model, config.path(config.data.scenarios_dir), work,
+                                                 steps, seq, batch, 1e-4))
+        for name, runs in (("mlx_lm.lora train", stock_runs), ("mlx-dm train", our_runs)):
+            measurements.append(bench.Measurement(name, "train", {
+                "tokens_per_second": [r["tokens_per_second"] for r in runs],
+                "peak_memory_gb": [r["peak_memory_gb"] for r in runs], "loss": [r["loss"] for r in runs]}))
+        ratios["train tokens/s (mlx-dm / mlx_lm.lora)"] = measurements[-1].median("tokens_per_second") / measurements[-2].median("tokens_per_second")
+        ratios["train peak memory (mlx-dm / mlx_lm.lora)"] = measurements[-1].median("peak_memory_gb") / measurements[-2].median("peak_memory_gb")
+    if current is not None:
+        from .evaluate.cases import suite_cases
+
+        prompt = suite_cases()[0].prompt
+        entry = find_version(Path(config.project_dir), current["version"])
+        adapter = config.path(entry["gguf_path"]).parent / "adapters"
+        console.print("bench: generation (MLX with the adapter, MLX 4-bit, GGUF files)")
+        mlx = bench.bench_mlx_generation("MLX + adapter", base_path, adapter if adapter.exists() else None, prompt,
+                                         max_tokens, repetitions)
+        measurements.append(mlx)
+        try:
+            measurements.append(bench.bench_mlx_generation("MLX 4-bit + adapter", base_path, adapter if adapter.exists() else None,
+                                                           prompt, max_tokens, repetitions, quantize_4bit=True))
+        except Exception as exc:  # noqa: BLE001 - a base whose shapes do not quantise is reported, not fatal
+            console.print(f"[yellow]MLX 4-bit skipped: {escape(str(exc))}[/yellow]")
+        f16 = sorted(config.path(config.runs_dir).glob(f"{current['run']}/export/*-f16.gguf"))
+        for name, path in ((f"GGUF f16", f16[0] if f16 else None), (f"GGUF {current['quant']}", config.path(current["gguf_path"]))):
+            if path is not None and path.exists():
+                measurements.append(bench.bench_gguf_generation(name, path, prompt, max_tokens, repetitions))
+        ratios[f"decode tokens/s (GGUF {current['quant']} / MLX)"] = measurements[-1].median("decode_tps") / mlx.median("decode_tps")
+    else:
+        console.print("[yellow]no model in assets/models: generation not measured (train and export first)[/yellow]")
+    out = new_run(config.path(config.runs_dir), "bench").path
+    report = bench.write_bench_report(measurements, ratios, out, {"base": config.model.base_model, "device": _detect().device,
+                                                                  "steps": steps, "seq": seq, "batch": batch,
+                                                                  "repetitions": repetitions, "max_tokens": max_tokens})
+    table = Table(title=f"bench ({config.model.base_model}, median ± half-range of {repetitions})")
+    for column in ("what", "metric", "median", "±"):
+        table.add_column(column)
+    for m in measurements:
+        for metric in m.values:
+            table.add_row(m.name, metric, f"{m.median(metric):.3g}", f"{m.spread(metric):.2g}")
+    console.print(table)
+    for key, value in ratios.items():
+        console.print(f"{key}: [bold]{value:.2f}[/bold]")
+    console.print(f"report: {out / 'bench.md'}")
+    if compare_to is not None:
+        problems = bench.compare(report, _json.loads(Path(compare_to).read_text()), tolerance)
+        for problem in problems:
+            console.print(f"[red]regression[/red] {problem}")
+        if problems:
+            raise ValidationFailed(f"{len(problems)} regressions beyond {tolerance:.0%} against {compare_to}",
+                                   "see the lines above; rerun to rule out noise (--repetitions 5)")
+        console.print(f"no regression beyond {tolerance:.0%} against {compare_to}")
 
 
 CHAT_HELP = "/roll 1d20+3 · /tools · /save file.md · /reset · /quit"

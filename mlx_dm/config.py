@@ -45,6 +45,7 @@ class ModelConfig:
     base_model: str = DEFAULT_BASE_MODEL
     quantize_base: bool = False
     cache_dir: str = ".mlx-dm/models"
+    keep_versions: int = 5  # stored model versions in assets/models/versions (the current and the previous always stay)
 
 
 @dataclass
@@ -70,6 +71,8 @@ class TrainConfig:
     patience: int = 3
     max_steps: int = 0  # 0: as many as the epochs need
     compute_dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
+    init_adapter: str = ""  # start from this adapter folder (incremental retraining)
+    replay_fraction: float = 0.5  # incremental: share of the old scenarios trained again beside the new ones
 
 
 @dataclass

@@ -177,7 +177,9 @@ def test_dataset_folder_contents(write_md, tmp_path):
     dataset = build_dataset(tmp_path / "ai-training")
     out = write_dataset(dataset, tmp_path / "ds")
     assert {p.name for p in out.iterdir()} == {"train.jsonl", "valid.jsonl", "stats.json", "vocabulary.json",
-                                                "problems.json", "fingerprint.txt", "report.md"}
+                                                "problems.json", "fingerprint.txt", "report.md", "files.json"}
+    files = json.loads((out / "files.json").read_text())
+    assert sorted(files) == [f"combat/c{i}.md" for i in range(10)] and all(len(h) == 64 for h in files.values())
     rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     assert len(rows) == dataset.summary.train_balanced and rows[0]["text"].startswith("<bos>")
     vocab = json.loads((out / "vocabulary.json").read_text())
@@ -207,3 +209,20 @@ def test_starter_corpus():
     for tool in ("roll", "attack", "damage", "heal", "inventory", "save", "spellcast"):
         assert tool in s.tools
     assert s.warnings == 0, [str(p) for p in dataset.problems]
+
+
+def test_tool_vocabulary_reports_new_tools_and_keeps_user_docs(tmp_path):
+    from mlx_dm.data.dataset import ToolInfo
+    from mlx_dm.data.vocabulary import extend_vocabulary, write_tools_doc
+
+    roll = ToolInfo("roll", 3, {"perception": 3}, ["[roll: perception]"], "a.md", 4, True)
+    new, vocab = extend_vocabulary(tmp_path, {"roll": roll}, ["roll"])
+    assert new == [] and vocab["roll"]["count"] == 3  # the first build records, it has nothing to compare with
+    summon = ToolInfo("summon", 1, {"<text>": 1}, ["[summon: imp]"], "b.md", 9, False)
+    new, vocab = extend_vocabulary(tmp_path, {"roll": roll, "summon": summon}, ["roll"])
+    assert new == ["summon"] and vocab["summon"]["first_file"] == "b.md" and not vocab["summon"]["agent_acts"]
+    doc = write_tools_doc(tmp_path, vocab, ["roll"])
+    assert "`summon` | 1 | drops" in doc.read_text() and "- `[summon: imp]`" in doc.read_text()
+    doc.write_text("# My own notes about tools\n")
+    assert write_tools_doc(tmp_path, vocab, ["roll"]) is None
+    assert doc.read_text() == "# My own notes about tools\n"

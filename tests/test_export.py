@@ -72,15 +72,47 @@ def test_export_report_parity_and_checks(exported):
 @pytest.mark.slow
 def test_second_export_adds_a_version_and_keeps_the_first(exported):
     project, _ = exported
-    first = (project / "assets" / "models" / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes()
+    models = project / "assets" / "models"
+    first = (models / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes()
     result = cli(project, "export", "--quant", "Q8_0")
     assert result.returncode == 0, result.stdout + result.stderr
-    models = project / "assets" / "models"
-    assert (models / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes() == first
-    assert (models / "dm-tiny-gemma3n-v2-Q8_0.gguf").exists()
+    assert (models / "versions" / "dm-tiny-gemma3n-v1" / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes() == first
+    assert sorted(p.name for p in models.glob("*.gguf")) == ["dm-tiny-gemma3n-v2-Q8_0.gguf"]  # the app bundles one model
     manifest = json.loads((models / "manifest.json").read_text())
     assert [v["version"] for v in manifest["versions"]] == ["v1", "v2"] and manifest["current"]["version"] == "v2"
-    assert not list(models.glob(".*partial"))
+    assert [v["status"] for v in manifest["versions"]] == ["promoted", "promoted"]
+    assert not list(models.rglob(".*partial")) and not list(models.rglob(".*.tmp-*"))
+    listing = cli(project, "models", "list")
+    assert listing.returncode == 0 and "v2" in listing.stdout and "promoted" in listing.stdout
+    back = cli(project, "models", "rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert (models / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes() == first
+    assert json.loads((models / "cactus-config.json").read_text())["modelFile"] == "dm-tiny-gemma3n-v1-Q4_K_M.gguf"
+    again = cli(project, "models", "promote", "v2")
+    assert again.returncode == 0 and json.loads((models / "manifest.json").read_text())["current"]["version"] == "v2"
+
+
+@pytest.mark.slow
+def test_failed_validation_leaves_the_app_on_its_current_model(exported):
+    project, _ = exported
+    models = project / "assets" / "models"
+    before = {p.name: p.read_bytes() for p in models.iterdir() if p.is_file()}
+    settings = project / "mlx-dm.toml"
+    original = settings.read_text()
+    settings.write_text(original + "[validate]\nphone_ram_gb = 0.05\n")
+    try:
+        result = cli(project, "export")
+    finally:
+        settings.write_text(original)
+    assert result.returncode == 7, result.stdout + result.stderr
+    assert "fits a 0.05 GB phone" in result.stderr and "not used" in result.stdout
+    assert {p.name: p.read_bytes() for p in models.iterdir() if p.is_file() and p.name != "manifest.json"} == \
+        {k: v for k, v in before.items() if k != "manifest.json"}
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert manifest["current"] == json.loads(before["manifest.json"])["current"]
+    assert manifest["versions"][-1]["status"] == "rejected"
+    refused = cli(project, "models", "promote", manifest["versions"][-1]["version"])
+    assert refused.returncode == 7 and "--force" in refused.stderr
 
 
 @pytest.mark.slow
@@ -116,7 +148,7 @@ def test_quantize_rejects_unknown_type(tmp_path):
 def test_next_version_and_snippet(tmp_path):
     assert next_version(tmp_path, "dm") == "v1"
     (tmp_path / "dm-v1-Q4_K_M.gguf").write_bytes(b"x")
-    (tmp_path / "dm-v7-Q8_0.gguf").write_bytes(b"x")
+    (tmp_path / "versions" / "dm-v7").mkdir(parents=True)
     (tmp_path / "other-v9-Q8_0.gguf").write_bytes(b"x")
     assert next_version(tmp_path, "dm") == "v8"
     from mlx_dm.export.place import PlacedModel
@@ -155,7 +187,7 @@ def test_size_budget_applies_the_per_tensor_mix(exported):
     assert placed.stat().st_size < 0.0045e9
     types = {t.name: t.tensor_type.name for t in GGUFReader(str(placed)).tensors}
     assert types["per_layer_token_embd.weight"] == "Q2_K"
-    run = sorted((project / "runs").iterdir())[-1]
+    run = sorted((project / "runs").glob("*-train"))[-1]
     report = json.loads((run / "export" / "export-report.json").read_text())
     assert report["tensor_types"]["per_layer_token_embd"] == "Q2_K"
     assert report["sizes"]["stock_mix_bytes"] > report["sizes"]["gguf_bytes"]
@@ -195,3 +227,22 @@ def test_validate_fails_below_thresholds_naming_the_checks(exported):
     assert "tool-call F1" in result.stderr and "fits a 0.05 GB phone" in result.stderr
     report = json.loads(next((project / "runs").glob("*-validate/validation.json")).read_text())
     assert report["cases"] == 3 and not report["passed"]
+
+
+@pytest.mark.slow
+def test_retraining_stops_when_nothing_changed_and_continues_on_new_scenarios(exported):
+    project, _ = exported
+    unchanged = cli(project, "run", "--dev", "--max-steps", "2")
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+    assert "nothing to do" in unchanged.stdout
+    source = next((project / "ai-training").rglob("*.md"))
+    added = source.parent / "zz-new-scenario.md"
+    added.write_text(source.read_text().replace("# USER", "# USER\n\nA brand new opening line.", 1))
+    current = json.loads((project / "assets/models/manifest.json").read_text())["current"]["version"]
+    result = cli(project, "run", "--dev", "--max-steps", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 new since the app's model" in result.stdout and "incremental: continuing from" in result.stdout
+    manifest = json.loads((project / "assets/models/manifest.json").read_text())
+    assert manifest["current"]["version"] != current
+    run = sorted((project / "runs").glob("*-train"))[-1]
+    assert json.loads((run / "config.json").read_text())["train"]["init_adapter"].endswith("adapters")

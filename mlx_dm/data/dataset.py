@@ -272,6 +272,8 @@ def write_dataset(dataset: Dataset, out_dir: Path) -> Path:
     atomic_write_json(out_dir / "vocabulary.json", {k: asdict(v) for k, v in dataset.vocabulary.items()})
     atomic_write_json(out_dir / "problems.json", [asdict(p) for p in dataset.problems])
     atomic_write_text(out_dir / "fingerprint.txt", dataset.summary.fingerprint + "\n")
+    # Per file, for incremental training: which scenarios a model version saw, and their content.
+    atomic_write_json(out_dir / "files.json", {s.path: s.content_sha256 for s in sorted(dataset.train + dataset.valid, key=lambda s: s.path)})
     atomic_write_text(out_dir / "report.md", markdown_report(dataset))
     return out_dir
 

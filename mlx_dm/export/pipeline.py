@@ -17,7 +17,7 @@ from ..runs import atomic_write_json, atomic_write_text
 from .check import GgufCheck, Parity, check_gguf, mlx_reference, parity
 from .fuse import fuse
 from .gguf import convert_to_gguf, gguf_metadata, quantize
-from .place import PlacedModel, cactus_snippet, place
+from .place import PlacedModel, cactus_snippet, stage
 
 
 # Applied when the standard Q4_K_M mix is over the size budget (E2B: 3.31 GB stock). Chosen with
@@ -130,8 +130,10 @@ def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir:
         write_report(work_dir, result, gguf_metadata(gguf))
         raise ExportError("the exported GGUF failed its checks: " + "; ".join(failed),
                           f"see {work_dir / 'export-report.md'}; the model in assets/models was left as it was")
-    result.placed = place(gguf, project_dir, name, quant, base_model, run_name,
-                          (Path(dataset_dir) / "fingerprint.txt").read_text().strip(), n_ctx)
+    files = Path(dataset_dir) / "files.json"
+    result.placed = stage(gguf, project_dir, name, quant, base_model, run_name,
+                          (Path(dataset_dir) / "fingerprint.txt").read_text().strip(), n_ctx, adapter_dir=adapter_dir,
+                          data_files=json.loads(files.read_text()) if files.exists() else None)
     write_report(work_dir, result, gguf_metadata(gguf))
     return result
 
@@ -165,6 +167,6 @@ def write_report(work_dir: Path, result: ExportResult, metadata: dict) -> None:
               "MLX uses llama.cpp's convention: what is left is f16 rounding. The effect shrinks with the MLP width "
               "(about 64 times smaller for E2B's 8192 than for the tiny model's 128)."]
     if result.placed:
-        lines += ["", "## In the app", "", f"`{result.placed.gguf_path}` (sha256 `{result.placed.sha256[:16]}…`)", "",
+        lines += ["", "## In the app (once validated and promoted)", "", f"stored as `{result.placed.gguf_path}` (sha256 `{result.placed.sha256[:16]}…`)", "",
                   "```ts", cactus_snippet(result.placed).rstrip(), "```"]
     atomic_write_text(work_dir / "export-report.md", "\n".join(lines) + "\n")

@@ -130,6 +130,16 @@ def apply_lora(model, config: Config) -> dict:
     return {"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": parameters}
 
 
+def load_initial_adapter(model, adapter_dir: Path, config: Config) -> None:
+    """Continue from an earlier adapter (same base, same LoRA shape)."""
+    saved = json.loads((adapter_dir / "adapter_config.json").read_text())
+    rank = saved.get("lora_parameters", {}).get("rank")
+    if rank != config.train.lora_rank:
+        raise TrainingError(f"the adapter in {adapter_dir} has LoRA rank {rank}, this run {config.train.lora_rank}",
+                            f"train with --lora-rank {rank}, or start over with --full")
+    model.load_weights(str(adapter_dir / "adapters.safetensors"), strict=False)
+
+
 def _qualify(key: str) -> str:
     for full in patches.GEMMA3N_LORA_KEYS:
         if full.endswith("." + key):
@@ -165,6 +175,8 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     loaded = load_model(base_path, quantize_4bit=config.model.quantize_base, dtype=config.train.compute_dtype)
     model, tokenizer = loaded.model, loaded.tokenizer
     adapter_config = apply_lora(model, config)
+    if config.train.init_adapter:
+        load_initial_adapter(model, Path(config.train.init_adapter), config)
     if config.train.grad_checkpoint:
         from mlx_lm.tuner.trainer import grad_checkpoint
 

