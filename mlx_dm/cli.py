@@ -622,6 +622,8 @@ def _run_of_model(config: Config, entry: dict) -> tuple[Optional[Path], Optional
     """The adapter (stored with the version, else in its run) and the base a model came from."""
     from .model.hub import resolve_base
 
+    if not entry.get("gguf_path") or not entry.get("base_model"):
+        return None, None
     stored = config.path(entry["gguf_path"]).parent / "adapters"
     if entry.get("version"):
         from .export.place import find_version
@@ -666,7 +668,10 @@ def validate_command(
         model = config.path(current["gguf_path"])
     if not model.is_file():
         raise ModelError(f"no GGUF file at {model}", "pass --model with a .gguf from assets/models (see manifest.json)")
-    entry = next((v for v in _manifest_versions(config) if config.path(v["gguf_path"]) == model.resolve()), {})
+    if current is not None and config.path(current["gguf_path"]) == model.resolve():
+        entry = current
+    else:
+        entry = next((v for v in _manifest_versions(config) if config.path(v["gguf_path"]) == model.resolve()), {})
     if adapter is not None:
         adapter_dir, base_path = adapter, _base_for_adapter(config, adapter, None)
     else:

@@ -226,3 +226,11 @@ def test_tool_vocabulary_reports_new_tools_and_keeps_user_docs(tmp_path):
     doc.write_text("# My own notes about tools\n")
     assert write_tools_doc(tmp_path, vocab, ["roll"]) is None
     assert doc.read_text() == "# My own notes about tools\n"
+
+
+def test_troubleshooting_page_is_generated_from_the_code():
+    from mlx_dm.docs import raised_errors, troubleshooting_markdown
+
+    assert (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8") == troubleshooting_markdown(), \
+        "regenerate it: python -m mlx_dm.docs"
+    assert all(hint for _, _, hint, _ in raised_errors()), [e for e in raised_errors() if not e[2]]

@@ -246,3 +246,27 @@ def test_retraining_stops_when_nothing_changed_and_continues_on_new_scenarios(ex
     assert manifest["current"]["version"] != current
     run = sorted((project / "runs").glob("*-train"))[-1]
     assert json.loads((run / "config.json").read_text())["train"]["init_adapter"].endswith("adapters")
+
+
+@pytest.mark.slow
+def test_bench_measures_training_and_generation_and_flags_regressions(exported):
+    project, _ = exported
+    args = ("bench", "--steps", "2", "--seq", "128", "--batch", "1", "--repetitions", "2", "--max-tokens", "8")
+    result = cli(project, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = sorted((project / "runs").glob("*-bench"))[-1]
+    report = json.loads((out / "bench.json").read_text())
+    names = [m["name"] for m in report["measurements"]]
+    assert names[:2] == ["mlx_lm.lora train", "mlx-dm train"] and "MLX + adapter" in names and "GGUF f16" in names
+    for measurement in report["measurements"]:
+        for metric, values in measurement["summary"].items():
+            assert len(values["runs"]) == 2 and (values["median"] > 0 or metric == "loss"), (measurement["name"], metric)
+    assert "train tokens/s (mlx-dm / mlx_lm.lora)" in report["ratios"] and (out / "bench.png").stat().st_size > 5000
+    faster = json.loads((out / "bench.json").read_text())
+    for measurement in faster["measurements"]:
+        if "decode_tps" in measurement["summary"]:
+            measurement["summary"]["decode_tps"]["median"] *= 10
+    old = project / "old-bench.json"
+    old.write_text(json.dumps(faster))
+    compared = cli(project, "bench", "--no-train", "--repetitions", "1", "--max-tokens", "8", "--compare", str(old))
+    assert compared.returncode == 7 and "regression" in compared.stdout and "decode_tps" in compared.stdout

@@ -164,9 +164,11 @@ def promote(project_dir: Path, version: str) -> PlacedModel:
     write_cactus_config(models_dir, placed)
     atomic_write_json(models_dir / "manifest.json", manifest)
     if previous and previous["version"] != placed.version:
+        kept = models_dir / VERSIONS / f"{previous['name']}-{previous['version']}"
         for key in ("gguf_path", "mmproj_path"):
             old = Path(project_dir) / previous[key] if previous.get(key) else None
-            if old is not None and old.parent == models_dir and old.exists():
+            # Only when versions/ holds its copy (a model placed by an older mlx-dm has none).
+            if old is not None and old.parent == models_dir and old.exists() and (kept / old.name).is_file():
                 old.unlink()
     return placed
 

@@ -247,15 +247,23 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     mx.reset_peak_memory()
     interrupted = False
 
-    def on_sigterm(signum, frame):  # a polite kill (e.g. from the bootstrap) behaves like Ctrl-C
-        raise KeyboardInterrupt
+    stop_requested = []
 
-    previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    def on_stop(signum, frame):
+        # Ctrl-C or a polite kill (e.g. from the bootstrap) stops after the current step: raising
+        # inside MLX's compile tracing would leave the model's arrays without values to save.
+        if stop_requested:
+            raise KeyboardInterrupt  # asked twice: stop now
+        stop_requested.append(signum)
+
+    previous_handlers = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while step < total_steps and not stopped_early:
             order = batching.epoch_order(len(train_rows), config.train.seed, epoch)
             accumulated, accumulated_tokens, step_loss, micro_count, real = None, 0.0, 0.0, 0, 0
             while position < len(order) and step < total_steps:
+                if stop_requested:
+                    raise KeyboardInterrupt
                 if micro_count == 0:
                     step_start = position  # a checkpoint mid-accumulation resumes from here
                 chosen = [train_rows[i] for i in order[position:position + batch_size]]
@@ -321,7 +329,8 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     if interrupted:
         save_checkpoint(checkpoints_dir, step, model, optimizer, adapter_config, checkpoint_state())
         atomic_write_json(run_dir / STATE_FILE, {**run_state, "status": "interrupted", "step": step})
