@@ -801,6 +801,9 @@ def bench_command(
         mlx = bench.bench_mlx_generation("MLX + adapter", base_path, adapter if adapter.exists() else None, prompt,
                                          max_tokens, repetitions)
         measurements.append(mlx)
+        fused = config.path(config.runs_dir) / current["run"] / "export" / "fused"
+        if (fused / "config.json").exists():
+            measurements.append(bench.bench_mlx_generation("MLX fused", fused, None, prompt, max_tokens, repetitions))
         try:
             measurements.append(bench.bench_mlx_generation("MLX 4-bit + adapter", base_path, adapter if adapter.exists() else None,
                                                            prompt, max_tokens, repetitions, quantize_4bit=True))
