@@ -125,7 +125,8 @@ def bench_mlx_generation(name: str, base: Path, adapter: Path | None, prompt: st
 
 def bench_gguf_generation(name: str, gguf: Path, prompt: str, max_tokens: int, repetitions: int,
                           n_ctx: int = 2048) -> Measurement:
-    from .evaluate.compat import captured_llama_logs, measure_speed, memory_from_logs
+    from .evaluate.compat import measure_speed, memory_from_logs
+    from .export.gguf import captured_llama_logs
     from .export.check import open_gguf
 
     lines: list[str] = []

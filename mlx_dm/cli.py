@@ -352,10 +352,9 @@ def _base_for_adapter(config: Config, adapter_dir: Path, base: Optional[str]) ->
 
 def _current_model(config: Config) -> Optional[dict]:
     """The manifest entry of the model the app uses now, or None when assets/models has none."""
-    import json as _json
+    from .export.place import load_manifest, models_dir_of
 
-    manifest = config.path("assets/models/manifest.json")
-    return _json.loads(manifest.read_text())["current"] if manifest.exists() else None
+    return load_manifest(models_dir_of(Path(config.project_dir)))["current"]
 
 
 def _latest_adapter(config: Config) -> Path:
@@ -684,20 +683,16 @@ def validate_command(
     if current is not None and config.path(current["gguf_path"]) == model.resolve():
         entry = current
     else:
-        entry = next((v for v in _manifest_versions(config) if config.path(v["gguf_path"]) == model.resolve()), {})
+        from .export.place import load_manifest, models_dir_of
+
+        versions = load_manifest(models_dir_of(Path(config.project_dir)))["versions"]
+        entry = next((v for v in versions if config.path(v["gguf_path"]) == model.resolve()), {})
     if adapter is not None:
         adapter_dir, base_path = adapter, _base_for_adapter(config, adapter, None)
     else:
         adapter_dir, base_path = _run_of_model(config, entry)
     out = new_run(config.path(config.runs_dir), "validate").path
     run_validation_stage(config, model, adapter_dir, base_path, out, _previous_model(config, model))
-
-
-def _manifest_versions(config: Config) -> list[dict]:
-    import json as _json
-
-    manifest = config.path("assets/models/manifest.json")
-    return _json.loads(manifest.read_text()).get("versions", []) if manifest.exists() else []
 
 
 @models_app.command("list")
@@ -777,7 +772,6 @@ def bench_command(
     from . import bench
     from .errors import ValidationFailed
     from .export.place import find_version
-    from .hardware import detect as _detect
     from .model.hub import resolve_base
     from .runs import new_run
 
@@ -830,7 +824,7 @@ def bench_command(
     else:
         console.print("[yellow]no model in assets/models: generation not measured (train and export first)[/yellow]")
     out = new_run(config.path(config.runs_dir), "bench").path
-    report = bench.write_bench_report(measurements, ratios, out, {"base": config.model.base_model, "device": _detect().device,
+    report = bench.write_bench_report(measurements, ratios, out, {"base": config.model.base_model, "device": detect().device,
                                                                   "steps": steps, "seq": seq, "batch": batch,
                                                                   "repetitions": repetitions, "max_tokens": max_tokens})
     table = Table(title=f"bench ({config.model.base_model}, median ± half-range of {repetitions})")

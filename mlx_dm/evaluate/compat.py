@@ -6,8 +6,6 @@ it creates a context of the app's length, plus the file (mapped whole on the pho
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,23 +13,10 @@ from pathlib import Path
 
 from ..data.render import render_messages
 from ..data.toolcalls import find_calls, find_look_alikes
+from ..export.gguf import captured_llama_logs
 from ..export.place import STOP_WORDS
 
 _MIB = re.compile(r"([\d.]+)\s*MiB")
-
-
-@contextlib.contextmanager
-def captured_llama_logs(lines: list[str]):
-    """Collect llama.cpp's log lines (instead of printing them) while the block runs."""
-    import llama_cpp
-    from llama_cpp import _logger
-
-    callback = llama_cpp.llama_log_callback(lambda level, text, user_data: lines.append(text.decode("utf-8", "replace")))
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 @dataclass

@@ -100,24 +100,28 @@ def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int 
     return Path(out_file)
 
 
-_NO_LOG = None
-
-
 @contextlib.contextmanager
+def captured_llama_logs(lines: list[str] | None = None):
+    """Send llama.cpp's log lines to `lines` (or nowhere) while the block runs, then give them back
+    to llama-cpp-python's own callback (which honours verbose=False)."""
+    import llama_cpp
+    from llama_cpp import _logger
+
+    def collect(level, text, user_data):
+        if lines is not None:
+            lines.append(text.decode("utf-8", "replace"))
+
+    callback = llama_cpp.llama_log_callback(collect)
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield lines
+    finally:
+        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+
+
 def quiet_llama_logs():
     """llama.cpp prints a line per tensor while quantising; keep the console readable."""
-    global _NO_LOG
-    import llama_cpp
-
-    if _NO_LOG is None:
-        _NO_LOG = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
-    llama_cpp.llama_log_set(_NO_LOG, ctypes.c_void_p(0))
-    try:
-        yield
-    finally:
-        from llama_cpp import _logger  # llama-cpp-python's own callback (it honours verbose=False)
-
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+    return captured_llama_logs(None)
 
 
 def ensure_disk(folder: Path, needed_bytes: float) -> None:
