@@ -32,6 +32,8 @@ _MEMBER = re.compile(r"^\*{0,2}([^(:*—–-]+?)\*{0,2}\s*(?:\((.*)\)|[:—–-]
 _TAG = re.compile(r"<(system|user|player|dm|toolcall)>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
 _NONE = re.compile(r"^\s*_?\*?\s*(none|no companions|n/a)\s*\*?_?\s*$", re.IGNORECASE)
 _EMPHASIS = re.compile(r"^[*_`]+|[*_`]+$")
+_LEVEL = re.compile(r"(?i)^level\s+\d+")
+_BLANK_RUN = re.compile(r"\n{3,}")
 
 KNOWN_KEYS = ("Role", "World", "Location", "Category", "Tags", "Party")
 
@@ -55,9 +57,13 @@ class ParseResult:
 def clean_text(text: str) -> str:
     """Normalise without changing meaning: NFC, LF line ends, no BOM, no trailing spaces,
     straight quotes inside tool calls, at most one blank line in a row."""
-    text = unicodedata.normalize("NFC", text.lstrip("\ufeff")).replace("\r\n", "\n").replace("\r", "\n")
+    text = text.lstrip("\ufeff")
+    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = "\n".join(line.rstrip() for line in text.split("\n"))
-    text = re.sub(r"\n{3,}", "\n\n", text)
+    text = _BLANK_RUN.sub("\n\n", text)
     return toolcalls.normalise_call_quotes(text).strip("\n") + "\n"
 
 
@@ -103,11 +109,16 @@ class _Block:
     body: list[tuple[int, str]] = field(default_factory=list)
 
 
-def _split_heading_form(lines: list[str]) -> tuple[str, list[_Block], list[tuple[int, str]]]:
+def _split_heading_form(lines: list[str], text: str | None = None) -> tuple[str, list[_Block], list[tuple[int, str]]]:
     """Title, section blocks and preamble lines of a file in heading form."""
     headings: list[tuple[int, int, str]] = []  # (index, level, text)
     in_fence = False
-    for index, line in enumerate(lines):
+    text = "\n".join(lines) if text is None else text
+    if "```" not in text and "~~~" not in text:
+        lines_to_check = [(index, line) for index, line in enumerate(lines) if line[:1] == "#"]
+    else:
+        lines_to_check = list(enumerate(lines))
+    for index, line in lines_to_check:
         first = line[:1]
         if first not in ("#", "`", "~", " ", "\t"):
             continue  # the common case, decided without a regex
@@ -198,7 +209,7 @@ def parse_member(text: str, line: int) -> PartyMember | None:
         if ":" in part:
             key, value = part.split(":", 1)
             attributes[key.strip()] = value.strip()
-        elif re.match(r"(?i)^level\s+\d+", part):
+        elif _LEVEL.match(part):
             attributes["Level"] = part.split()[-1]
         elif index == 0:
             attributes["Race/Class"] = part
@@ -307,7 +318,7 @@ def parse_text(text: str, rel: str) -> ParseResult:
     text = clean_text(text)
     lines = text.split("\n")
     problems: list[Problem] = []
-    title, blocks, preamble = _split_heading_form(lines)
+    title, blocks, preamble = _split_heading_form(lines, text)
     form = "headings"
     if not blocks:
         blocks = _split_tag_form(text)

@@ -97,6 +97,8 @@ def find_look_alikes(text: str, first_line: int) -> list[LookAlike]:
 
 def normalise_call_quotes(text: str) -> str:
     """Straighten typographic quotes inside tool calls only; prose keeps its typography."""
+    if text.isascii():
+        return text
     return APP_CALL_PATTERN.sub(lambda m: m.group(0).translate(TYPOGRAPHIC), text)
 
 
