@@ -145,20 +145,57 @@ def bench_gguf_generation(name: str, gguf: Path, prompt: str, max_tokens: int, r
     return measurement
 
 
-def compare(current: dict, previous: dict, tolerance: float) -> list[str]:
-    """Regressions beyond `tolerance` (a fraction) between two bench JSON reports, as sentences."""
-    problems = []
+# Ratios where a smaller value is better; every other ratio is a speed-up.
+LOWER_IS_BETTER = ("memory",)
+
+
+def compare(current: dict, previous: dict, tolerance: float, ratios_only: bool = False) -> tuple[list[str], list[str]]:
+    """Regressions beyond `tolerance` (a fraction) between two bench JSON reports, and notes.
+
+    Ratios (both sides measured in the same run) are compared always, so a baseline stored from
+    another machine still means something. Absolute figures are compared only when both reports
+    come from the same machine and settings; otherwise a note says why they were left out.
+    """
+    problems, notes = [], []
+    for key, before in previous.get("ratios", {}).items():
+        now = current.get("ratios", {}).get(key)
+        if now is None or not before:
+            notes.append(f"ratio '{key}' is in the baseline but was not measured now")
+            continue
+        change = (now - before) / before
+        worse = change > tolerance if any(word in key for word in LOWER_IS_BETTER) else change < -tolerance
+        if worse:
+            problems.append(f"ratio {key}: {before:.3g} -> {now:.3g} ({change:+.1%})")
+    settings = ("machine", "base", "steps", "seq", "batch", "max_tokens")
+    differing = [key for key in settings if previous.get(key) != current.get(key)]
+    if ratios_only:
+        notes.append("absolute figures not compared (--ratios-only)")
+        return problems, notes
+    if differing:
+        notes.append("absolute figures not compared: the baseline differs in "
+                     + ", ".join(f"{key} ({previous.get(key)!r} vs {current.get(key)!r})" for key in differing))
+        return problems, notes
     old = {(m["name"], metric): values["median"] for m in previous["measurements"] for metric, values in m["summary"].items()}
     for entry in current["measurements"]:
         for metric, values in entry["summary"].items():
             before = old.get((entry["name"], metric))
-            if before is None or before == 0:
+            if before is None or before == 0 or metric == "loss":
                 continue
             change = (values["median"] - before) / before
             worse = change > tolerance if metric == "peak_memory_gb" else change < -tolerance
             if worse:
                 problems.append(f"{entry['name']} {metric}: {before:.3g} -> {values['median']:.3g} ({change:+.1%})")
-    return problems
+    return problems, notes
+
+
+def machine_id() -> str:
+    """What makes absolute figures comparable: OS, architecture, CPU/chip and core count."""
+    import os
+    import platform
+
+    from .hardware import _chip
+
+    return f"{platform.system()} {platform.machine()}, {_chip()}, {os.cpu_count()} cores"
 
 
 def write_bench_report(measurements: list[Measurement], ratios: dict, out_dir: Path, meta: dict) -> dict:

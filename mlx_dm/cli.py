@@ -208,7 +208,7 @@ def data_build(
     out: Optional[Path] = typer.Option(None, "--out", help="Dataset folder (default: data.dataset_dir)."),
     strict: bool = typer.Option(False, "--strict", help="Treat warnings as errors."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the train/validation split."),
-    validation_fraction: Optional[float] = typer.Option(None, "--validation-fraction", min=0.0, max=0.9),
+    validation_fraction: Optional[float] = typer.Option(None, "--validation-fraction", min=0.0, max=0.9, help="Share of scenarios (per category) held out for validation."),
     no_balance: bool = typer.Option(False, "--no-balance", help="Keep the category mix as it is."),
 ) -> None:
     """Parse, validate, categorise, balance, split and render the scenarios into a dataset folder."""
@@ -286,18 +286,31 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
     return result
 
 
+# Options shared by `train` and `run`; None means "from the profile, then mlx-dm.toml".
+BASE_OPTION = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, 'tiny', or 'gemma3-270m' (real weights, optional package).")
+DEV_OPTION = typer.Option(False, "--dev", help="The built-in tiny offline Gemma 3n with a short schedule.")
+EPOCHS_OPTION = typer.Option(None, "--epochs", min=1, help="Passes over the training split (train.epochs).")
+MAX_STEPS_OPTION = typer.Option(None, "--max-steps", min=0, help="Stop after this many optimizer steps; 0: as many as the epochs need.")
+BATCH_SIZE_OPTION = typer.Option(None, "--batch-size", min=1, help="Packed rows per step (default: the hardware profile).")
+LEARNING_RATE_OPTION = typer.Option(None, "--learning-rate", min=0.0, help="Peak learning rate, after warmup and before the cosine decay.")
+MAX_SEQ_LENGTH_OPTION = typer.Option(None, "--max-seq-length", min=32, help="Tokens per packed row; a longer scenario is split at user turns into windows that each restart from its context.")
+LORA_RANK_OPTION = typer.Option(None, "--lora-rank", min=1, help="LoRA rank (alpha scales with it, train.lora_alpha).")
+SEED_OPTION = typer.Option(None, "--seed", help="Seed for LoRA initialisation, data order and dropout.")
+RESUME_OPTION = typer.Option(None, "--resume/--no-resume", help="Continue an unfinished run with the same config and data (default: when one exists).")
+
+
 @app.command("train")
 def train_command(
-    base: Optional[str] = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, 'tiny', or 'gemma3-270m' (real weights, optional package)."),
-    dev: bool = typer.Option(False, "--dev", help="Use the built-in tiny offline Gemma 3n with a short schedule."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=0, help="Stop after this many optimizer steps."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", min=0.0),
-    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", min=32),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", min=1),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume", help="Continue an unfinished run (default: when one matches)."),
+    base: Optional[str] = BASE_OPTION,
+    dev: bool = DEV_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
+    max_steps: Optional[int] = MAX_STEPS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    learning_rate: Optional[float] = LEARNING_RATE_OPTION,
+    max_seq_length: Optional[int] = MAX_SEQ_LENGTH_OPTION,
+    lora_rank: Optional[int] = LORA_RANK_OPTION,
+    seed: Optional[int] = SEED_OPTION,
+    resume: Optional[bool] = RESUME_OPTION,
 ) -> None:
     """Build the dataset and train LoRA adapters on the base model."""
     from .model.hub import resolve_base
@@ -456,18 +469,18 @@ def export_command(
 
 @app.command("run")
 def run_command(
-    base: Optional[str] = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, 'tiny', or 'gemma3-270m' (real weights, optional package)."),
-    dev: bool = typer.Option(False, "--dev", help="The built-in tiny offline Gemma 3n with a short schedule."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=0),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", min=0.0),
-    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", min=32),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", min=1),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    resume: Optional[bool] = typer.Option(None, "--resume/--no-resume"),
+    base: Optional[str] = BASE_OPTION,
+    dev: bool = DEV_OPTION,
+    epochs: Optional[int] = EPOCHS_OPTION,
+    max_steps: Optional[int] = MAX_STEPS_OPTION,
+    batch_size: Optional[int] = BATCH_SIZE_OPTION,
+    learning_rate: Optional[float] = LEARNING_RATE_OPTION,
+    max_seq_length: Optional[int] = MAX_SEQ_LENGTH_OPTION,
+    lora_rank: Optional[int] = LORA_RANK_OPTION,
+    seed: Optional[int] = SEED_OPTION,
+    resume: Optional[bool] = RESUME_OPTION,
     quant: Optional[str] = typer.Option(None, "--quant", help="GGUF type (default: Q4_K_M for Gemma 3n, Q8_0 under 1B parameters)."),
-    n_ctx: int = typer.Option(2048, "--n-ctx"),
+    n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length written to the Cactus config and used by validation."),
     validate_only: bool = typer.Option(False, "--validate-only", help="Validate the data and the current model; no training."),
     incremental: Optional[bool] = typer.Option(None, "--incremental/--full", help="Continue from the app's model on the new scenarios plus a replay of the old (default: when scenarios were only added)."),
     force: bool = typer.Option(False, "--force", help="Train even when no scenario changed since the app's model."),
@@ -658,7 +671,7 @@ def validate_command(
     model: Optional[Path] = typer.Option(None, "--model", help="The GGUF to validate (default: the current model in assets/models)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Its run's adapters/ folder, to score the MLX models beside it (default: from the manifest)."),
     max_cases: Optional[int] = typer.Option(None, "--max-cases", min=0, help="Score only this many cases (0: all)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens generated per DM reply (validate.max_tokens)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context length the app uses."),
     phone_ram_gb: Optional[float] = typer.Option(None, "--phone-ram-gb", help="RAM of the smallest phone to support."),
     no_base: bool = typer.Option(False, "--no-base", help="Do not score the base model."),
@@ -728,7 +741,7 @@ def models_show(version: str = typer.Argument(..., help="e.g. v2")) -> None:
 
 
 @models_app.command("promote")
-def models_promote(version: str = typer.Argument(...),
+def models_promote(version: str = typer.Argument(..., help="The version to put in the app, e.g. v2."),
                    force: bool = typer.Option(False, "--force", help="Promote a version that has not passed validation.")) -> None:
     """Make a stored version the app's model (GGUF, manifest and Cactus config, each replaced atomically)."""
     from .errors import ValidationFailed
@@ -758,19 +771,20 @@ def bench_command(
     base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the current model's base, else 'tiny')."),
     steps: int = typer.Option(6, "--steps", min=1, help="Optimizer steps per training run."),
     seq: int = typer.Option(256, "--seq", min=32, help="Training sequence length."),
-    batch: int = typer.Option(2, "--batch", min=1),
+    batch: int = typer.Option(2, "--batch", min=1, help="Rows per training step, the same for both trainers."),
     repetitions: int = typer.Option(3, "--repetitions", min=1, help="Measured runs (after a warm-up for generation)."),
     max_tokens: int = typer.Option(32, "--max-tokens", min=1, help="Generated tokens per generation run."),
     no_train: bool = typer.Option(False, "--no-train", help="Skip the training comparison."),
     compare_to: Optional[Path] = typer.Option(None, "--compare", help="An earlier bench.json: flag regressions."),
     tolerance: float = typer.Option(0.15, "--tolerance", help="Allowed regression, as a fraction, for --compare."),
+    ratios_only: bool = typer.Option(False, "--ratios-only", help="With --compare: only the ratios measured within each run (for a baseline from another machine or a busy one)."),
 ) -> None:
     """Training tokens/s and memory against mlx_lm.lora; generation speed of MLX against the GGUFs."""
     import json as _json
     import tempfile
 
     from . import bench
-    from .errors import ValidationFailed
+    from .errors import ConfigError, ValidationFailed
     from .export.place import find_version
     from .model.hub import resolve_base
     from .runs import new_run
@@ -820,11 +834,18 @@ def bench_command(
         for name, path in ((f"GGUF f16", f16[0] if f16 else None), (f"GGUF {current['quant']}", config.path(current["gguf_path"]))):
             if path is not None and path.exists():
                 measurements.append(bench.bench_gguf_generation(name, path, prompt, max_tokens, repetitions))
-        ratios[f"decode tokens/s (GGUF {current['quant']} / MLX)"] = measurements[-1].median("decode_tps") / mlx.median("decode_tps")
+        quantised = measurements[-1]
+        if quantised.name.startswith("GGUF"):
+            ratios[f"prompt tokens/s (GGUF {current['quant']} / MLX + adapter)"] = quantised.median("prompt_tps") / mlx.median("prompt_tps")
+            ratios[f"decode tokens/s (GGUF {current['quant']} / MLX + adapter)"] = quantised.median("decode_tps") / mlx.median("decode_tps")
+        by_name = {m.name: m for m in measurements}
+        if "MLX fused" in by_name:
+            ratios["decode tokens/s (MLX fused / MLX + adapter)"] = by_name["MLX fused"].median("decode_tps") / mlx.median("decode_tps")
     else:
         console.print("[yellow]no model in assets/models: generation not measured (train and export first)[/yellow]")
     out = new_run(config.path(config.runs_dir), "bench").path
     report = bench.write_bench_report(measurements, ratios, out, {"base": config.model.base_model, "device": detect().device,
+                                                                  "machine": bench.machine_id(),
                                                                   "steps": steps, "seq": seq, "batch": batch,
                                                                   "repetitions": repetitions, "max_tokens": max_tokens})
     table = Table(title=f"bench ({config.model.base_model}, median ± half-range of {repetitions})")
@@ -838,7 +859,11 @@ def bench_command(
         console.print(f"{key}: [bold]{value:.2f}[/bold]")
     console.print(f"report: {out / 'bench.md'}")
     if compare_to is not None:
-        problems = bench.compare(report, _json.loads(Path(compare_to).read_text()), tolerance)
+        if not Path(compare_to).is_file():
+            raise ConfigError(f"no bench report at {compare_to}", "pass the bench.json of an earlier `mlx-dm bench` run")
+        problems, notes = bench.compare(report, _json.loads(Path(compare_to).read_text()), tolerance, ratios_only)
+        for note in notes:
+            console.print(f"[dim]{escape(note)}[/dim]")
         for problem in problems:
             console.print(f"[red]regression[/red] {problem}")
         if problems:
@@ -855,13 +880,13 @@ def chat_command(
     model: Optional[Path] = typer.Option(None, "--model", help="A .gguf file, or a run's adapters/ folder (MLX). Default: the current model in assets/models."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model for an adapter folder (default: from the run)."),
     scenario: Optional[Path] = typer.Option(None, "--scenario", help="Take world, location, party and player sheet from a scenario file."),
-    world: str = typer.Option("", "--world"),
-    location: str = typer.Option("", "--location"),
+    world: str = typer.Option("", "--world", help="World of the scene, as a scenario's 'World:' key."),
+    location: str = typer.Option("", "--location", help="Where the scene starts, as a scenario's 'Location:' key."),
     party: list[str] = typer.Option([], "--party", help="A party member, e.g. 'Wren (Gnome Artificer, Level 2)'; repeat it."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Play one action and exit (non-interactive)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the dice."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
-    max_tokens: int = typer.Option(200, "--max-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy, the same answer every time."),
+    max_tokens: int = typer.Option(200, "--max-tokens", min=1, help="Most tokens per DM reply."),
 ) -> None:
     """Talk to the model as the game would; dice calls are rolled and fed back."""
     from .chat import ChatSession, GgufBackend, MlxBackend

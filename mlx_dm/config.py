@@ -27,48 +27,48 @@ DEFAULT_AGENT_TOOLS = ("roll", "update", "damage", "heal", "status", "inventory"
 
 @dataclass
 class DataConfig:
-    scenarios_dir: str = "ai-training"
-    dataset_dir: str = ".mlx-dm/dataset"
-    validation_fraction: float = 0.15
-    seed: int = 0
-    strict: bool = False
-    balance: bool = True
+    scenarios_dir: str = "ai-training"  # where the scenario .md files are, searched at any depth
+    dataset_dir: str = ".mlx-dm/dataset"  # the built dataset (train/valid JSONL, stats, report)
+    validation_fraction: float = 0.15  # share of scenarios held out, stratified by category; at least one
+    seed: int = 0  # seed of the split and of balancing
+    strict: bool = False  # warnings reject a file too
+    balance: bool = True  # up/down-sample the training split to target_mix
     target_mix: dict[str, float] = field(
         default_factory=lambda: {"combat": 1 / 3, "roleplay": 1 / 3, "exploration": 1 / 3}
-    )
-    max_file_bytes: int = 1_000_000
-    agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT_TOOLS))
+    )  # category shares balancing aims at in the training split
+    max_file_bytes: int = 1_000_000  # larger files are rejected as not a single scenario
+    agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT_TOOLS))  # tool names the app's agent acts on
 
 
 @dataclass
 class ModelConfig:
-    base_model: str = DEFAULT_BASE_MODEL
-    quantize_base: bool = False
-    cache_dir: str = ".mlx-dm/models"
+    base_model: str = DEFAULT_BASE_MODEL  # Hugging Face repo id, local folder, "tiny" or "gemma3-270m"
+    quantize_base: bool = False  # train on a 4-bit copy of the base (QLoRA); the profile turns it on when memory is short
+    cache_dir: str = ".mlx-dm/models"  # built and imported bases (the tiny model, gemma3-270m)
     keep_versions: int = 5  # stored model versions in assets/models/versions (the current and the previous always stay)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 1
-    max_seq_length: int = 1024
-    learning_rate: float = 1e-4
-    warmup_fraction: float = 0.1
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.0
-    lora_layers: int = -1
+    epochs: int = 3  # passes over the training split
+    batch_size: int = 1  # packed rows per step
+    max_seq_length: int = 1024  # tokens per packed row; a longer scenario is split into windows at user turns
+    learning_rate: float = 1e-4  # peak, after warmup, then cosine decay
+    warmup_fraction: float = 0.1  # of all steps
+    lora_rank: int = 8  # LoRA rank
+    lora_alpha: float = 16.0  # LoRA scale is alpha / rank
+    lora_dropout: float = 0.0  # dropout on the LoRA input
+    lora_layers: int = -1  # adapt the last N decoder layers; -1: all
     lora_keys: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
-    grad_checkpoint: bool = False
-    grad_accumulation: int = 1
-    seed: int = 0
-    steps_per_eval: int = 25
-    steps_per_checkpoint: int = 25
-    keep_checkpoints: int = 3
-    patience: int = 3
+    )  # the projections that get a LoRA
+    grad_checkpoint: bool = False  # recompute activations in the backward pass (less memory, slower)
+    grad_accumulation: int = 1  # micro-batches per optimizer step
+    seed: int = 0  # LoRA initialisation, data order, dropout
+    steps_per_eval: int = 25  # validation loss every N steps (early stopping and the best adapter use it)
+    steps_per_checkpoint: int = 25  # resumable checkpoint every N steps
+    keep_checkpoints: int = 3  # the last K checkpoints kept, plus the best
+    patience: int = 3  # evaluations in a row without a better validation loss before training stops early
     max_steps: int = 0  # 0: as many as the epochs need
     compute_dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
     init_adapter: str = ""  # start from this adapter folder (incremental retraining)
@@ -82,12 +82,12 @@ class ValidateConfig:
     max_tokens: int = 96  # per generated DM reply
     max_cases: int = 0  # 0: every DM reply of the validation split plus the built-in suite
     n_ctx: int = 2048  # the context the app creates
-    min_tool_f1: float = 0.6
-    min_format_compliance: float = 0.9
-    min_in_role: float = 0.9
+    min_tool_f1: float = 0.6  # tool-call F1 (tool names) the tuned GGUF must reach
+    min_format_compliance: float = 0.9  # share of calls the app's pattern reads
+    min_in_role: float = 0.9  # share of replies without template leaks or assistant talk
     max_gguf_drift: float = 0.02  # tool-call F1 of the GGUF may trail the MLX model by this much
     max_regression: float = 0.02  # ... and the model the app uses now by this much
-    phone_ram_gb: float = 6.0
+    phone_ram_gb: float = 6.0  # RAM of the smallest phone to support
     app_memory_fraction: float = 0.5  # of the phone's RAM an app can count on (iOS/Android kill beyond)
     compare_base: bool = True  # also score the base model, side by side
     quality_thresholds: bool = True  # off for the tiny dev model, which cannot learn the DM in minutes
@@ -96,7 +96,7 @@ class ValidateConfig:
 @dataclass
 class Config:
     project_dir: str = "."
-    runs_dir: str = "runs"
+    runs_dir: str = "runs"  # one folder per train/bench run
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -234,3 +234,37 @@ def test_troubleshooting_page_is_generated_from_the_code():
     assert (ROOT / "docs" / "troubleshooting.md").read_text(encoding="utf-8") == troubleshooting_markdown(), \
         "regenerate it: python -m mlx_dm.docs"
     assert all(hint for _, _, hint, _ in raised_errors()), [e for e in raised_errors() if not e[2]]
+
+
+def test_usage_page_lists_every_command_flag_and_setting():
+    import dataclasses
+
+    import typer
+
+    from mlx_dm.cli import app
+    from mlx_dm.config import Config
+    from mlx_dm.docs import usage_markdown
+
+    page = usage_markdown()
+    assert (ROOT / "docs" / "usage.md").read_text(encoding="utf-8") == page, "regenerate it: python -m mlx_dm.docs"
+
+    def commands(group, prefix):
+        for name in group.list_commands(None):
+            command = group.get_command(None, name)
+            if hasattr(command, "list_commands"):
+                yield from commands(command, f"{prefix} {name}")
+            else:
+                yield f"{prefix} {name}", command
+
+    undocumented = []
+    for name, command in commands(typer.main.get_command(app), "mlx-dm"):
+        assert f"### `{name}`" in page
+        for param in command.params:
+            if not param.help:
+                undocumented.append(f"{name} {param.name}")
+            for option in getattr(param, "opts", []):
+                assert f"`{option}`" in page or param.param_type_name == "argument", (name, option)
+    assert not undocumented, f"options without help text: {undocumented}"
+    for section in ("data", "model", "train", "validate"):
+        for item in dataclasses.fields(getattr(Config(), section)):
+            assert f"| `{item.name}` |" in page, (section, item.name)

@@ -64,6 +64,33 @@ def test_tokenize_masks_only_model_turns(tmp_path):
     assert masked == "Roll! [roll: perception]<end_of_turn>"
 
 
+def test_long_scenario_is_split_into_windows_that_restart_from_its_context(tmp_path):
+    from mlx_dm.data.parse import parse_text
+    from mlx_dm.data.dataset import _record
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import build_tiny_model
+
+    tokenizer = load_model(build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")).tokenizer
+    source = next(path for path in STARTER if "combat-01" in path.name)
+    record = _record(parse_text(source.read_text(), source.name).scenario)
+    whole = batching.tokenize_record(tokenizer, record, 100_000)
+    max_seq_length = whole.trainable_tokens // 2 + 150
+    assert len(whole.ids) > max_seq_length
+    # Before windows, the tail of a long scenario was cut off: its DM replies were never trained.
+    assert batching.tokenize_record(tokenizer, record, max_seq_length).trainable_tokens < whole.trainable_tokens
+
+    windows = batching.tokenize_windows(tokenizer, record, max_seq_length)
+    assert len(windows) >= 2 and all(len(w.ids) <= max_seq_length and not w.truncated for w in windows)
+    assert sum(w.trainable_tokens for w in windows) >= whole.trainable_tokens  # every DM reply is in some window
+    decode = tokenizer._tokenizer.decode
+    for window in windows:
+        text = decode(window.ids)
+        assert text.startswith("<bos><start_of_turn>user\n" + record["context"].split("\n")[0]), text[:80]
+        assert "<start_of_turn>model" in text
+    # A record that fits is one example, unchanged.
+    assert batching.tokenize_windows(tokenizer, record, 100_000) == [whole]
+
+
 def test_packing_and_block_diagonal_mask():
     examples = [batching.TokenizedExample(str(i), list(range(1, n + 1)), [1] * n) for i, n in enumerate([5, 3, 4, 2])]
     rows = batching.pack(examples, 8)

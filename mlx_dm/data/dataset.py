@@ -17,7 +17,7 @@ from ..errors import DataError
 from ..runs import atomic_write_json, atomic_write_text
 from . import toolcalls
 from .discover import ScanResult, scan
-from .render import render_scenario
+from .render import context_text, render_scenario
 from .scenario import CATEGORIES, DM, Problem, Scenario
 
 _COMBAT_TOOLS = {"attack", "damage", "initiative", "health", "heal", "save", "saving_throw"}
@@ -257,6 +257,7 @@ def _record(scenario: Scenario) -> dict:
         "category_source": scenario.category_source,
         "facts": scenario_facts(scenario),
         "messages": rendered.messages,
+        "context": context_text(scenario),  # restarts each training window of a long scenario
         "text": rendered.text,
         "train_spans": rendered.train_spans,
     }

@@ -1,7 +1,10 @@
 """Token ids, loss masks and packed rows.
 
 Each dataset row (rendered text + character spans with loss) becomes token ids and a per-token
-mask (1 where the *target* token belongs to a model turn). Short scenarios are packed into rows
+mask (1 where the *target* token belongs to a model turn). A scenario longer than
+``max_seq_length`` is split at user turns into windows that each restart from the scenario's
+context (world, place, party), so every DM reply is trained on with that context in view
+instead of being cut off. Short scenarios (and windows) are packed into rows
 of ``max_seq_length`` tokens; a block-diagonal causal mask keeps attention inside each scenario.
 Because RoPE and the sliding window only see relative positions, a packed scenario computes
 exactly what it would alone; stock mlx-lm pads every batch instead.
@@ -46,12 +49,55 @@ def tokenize_record(tokenizer, record: dict, max_seq_length: int) -> TokenizedEx
     return TokenizedExample(record.get("path", ""), ids[:max_seq_length], mask[:max_seq_length], truncated)
 
 
+def window_messages(messages: list[dict[str, str]], context: str, start: int, end: int) -> list[dict[str, str]]:
+    """Messages ``start:end`` as a conversation of their own; a window that does not begin the
+    scenario gets the scenario context folded into its first user message, as the first has."""
+    window = [dict(message) for message in messages[start:end]]
+    if start > 0 and context:
+        window[0]["content"] = f"{context}\n\n{window[0]['content']}"
+    return window
+
+
+def tokenize_windows(tokenizer, record: dict, max_seq_length: int) -> list[TokenizedExample]:
+    """One example per record, or, when it is too long, one per window of whole user/DM exchanges.
+
+    Windows start at user messages and grow one exchange at a time while they fit; an exchange
+    that does not fit even alone is truncated (and flagged)."""
+    from ..data.render import render_messages
+
+    whole = tokenize_record(tokenizer, record, max_seq_length)
+    messages = record.get("messages")
+    if not whole.truncated or not messages:
+        return [whole]
+    context = record.get("context", "")
+
+    def encode(start: int, end: int) -> TokenizedExample:
+        rendered = render_messages(window_messages(messages, context, start, end))
+        return tokenize_record(tokenizer, {"path": record.get("path", ""), "text": rendered.text,
+                                           "train_spans": rendered.train_spans}, max_seq_length)
+
+    windows = []
+    start = 0
+    while start < len(messages):
+        end = min(start + 2, len(messages))
+        best = encode(start, end)
+        while end < len(messages):
+            candidate = encode(start, min(end + 2, len(messages)))
+            if candidate.truncated:
+                break
+            best, end = candidate, min(end + 2, len(messages))
+        if best.trainable_tokens:
+            windows.append(best)
+        start = end
+    return windows or [whole]
+
+
 def load_examples(path: Path, tokenizer, max_seq_length: int) -> list[TokenizedExample]:
     examples = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
-                examples.append(tokenize_record(tokenizer, json.loads(line), max_seq_length))
+                examples.extend(tokenize_windows(tokenizer, json.loads(line), max_seq_length))
     return examples
 
 
