@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -45,6 +46,8 @@ def main_options(
 ) -> None:
     _state["debug"] = debug
     _state["project"] = project
+    if os.environ.get("MLX_RANK", "0") not in ("", "0"):
+        console.quiet = True  # one voice for an `mlx.launch` group: process 0's
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
 
@@ -243,6 +246,14 @@ def _train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_lengt
             "max_seq_length": max_seq_length, "lora_rank": lora_rank, "seed": seed}
 
 
+def distributed_rank() -> tuple[int, int]:
+    """(processes, this one's rank) of an `mlx.launch` group; (1, 0) when started alone."""
+    import mlx.core as mx
+
+    group = mx.distributed.init()
+    return group.size(), group.rank()
+
+
 def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Optional[bool]):
     """Train with a rich progress bar; resumes an unfinished run of the same config and data by default."""
     from .hardware import fits_without_savings
@@ -257,6 +268,20 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
 
     fingerprint = (dataset_dir / "fingerprint.txt").read_text().strip()
     key = run_key(config, base_path, fingerprint)
+    world, rank = distributed_rank()
+    if world > 1:
+        # Started by `mlx.launch`: process 0 writes the run; the others train beside it silently.
+        if resume:
+            console.print("[yellow]--resume is not supported for distributed runs; starting a new one[/yellow]")
+        resume = False
+        if rank > 0:
+            import tempfile
+
+            from .train.trainer import train
+
+            scratch = Path(tempfile.mkdtemp(prefix=f"mlx-dm-rank{rank}-"))
+            return train(config, dataset_dir, base_path, Run(scratch, scratch.name))
+        console.print(f"distributed training: {world} processes, {config.train.batch_size} rows each per step")
     resume_dir = find_resumable(config.path(config.runs_dir), key) if resume is not False else None
     if resume is True and resume_dir is None:
         console.print("[yellow]--resume: no unfinished run with this configuration and data; starting a new one[/yellow]")

@@ -147,16 +147,23 @@ def _qualify(key: str) -> str:
     raise TrainingError(f"unknown LoRA target '{key}'", f"use some of: {', '.join(k.split('.')[-1] for k in patches.GEMMA3N_LORA_KEYS)}")
 
 
-def evaluate_loss(model, rows: list[batching.PackedRow], length: int, batch_size: int) -> float | None:
+def evaluate_loss(model, rows: list[batching.PackedRow], length: int, batch_size: int, group=None) -> float | None:
+    """Mean loss over the DM tokens of ``rows``; with a distributed group each process scores its
+    share of the rows and the sums are added up, so every process gets the same value."""
     if not rows:
         return None
+    world, rank = (group.size(), group.rank()) if group is not None else (1, 0)
+    mine = rows[rank::world]
     total, tokens = 0.0, 0.0
-    for start in range(0, len(rows), batch_size):
-        batch = batching.make_batch(rows[start:start + batch_size], length + 1)
+    for start in range(0, len(mine), batch_size):
+        batch = batching.make_batch(mine[start:start + batch_size], length + 1)
         loss, n = loss_fn(model, *batch_arrays(batch))
         mx.eval(loss, n)
         total += loss.item() * n.item()
         tokens += n.item()
+    if world > 1:
+        summed = mx.distributed.all_sum(mx.array([total, tokens], dtype=mx.float32), group=group)
+        total, tokens = summed.tolist()
     return total / tokens if tokens else None
 
 
@@ -170,6 +177,11 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
           progress: Callable[[dict], None] | None = None) -> TrainResult:
     """Train LoRA adapters; returns the best adapter's folder. ``progress`` gets a dict per step."""
     mx.random.seed(config.train.seed)
+    # Data parallel when started by `mlx.launch` (a group of one otherwise): every process holds the
+    # same LoRA weights, trains on its own rows of each step, and the token-weighted gradients are
+    # summed, so N processes with batch B compute exactly the step of one process with batch N*B.
+    group = mx.distributed.init()
+    world, rank = group.size(), group.rank()
     fingerprint = (Path(dataset_dir) / "fingerprint.txt").read_text().strip()
     key = run_key(config, base_path, fingerprint)
     loaded = load_model(base_path, quantize_4bit=config.model.quantize_base, dtype=config.train.compute_dtype)
@@ -193,7 +205,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     pad_fraction = batching.padding_fraction(train_rows, length)
     batch_size = max(1, min(config.train.batch_size, len(train_rows)))
     accumulation = max(1, config.train.grad_accumulation)
-    micro_per_epoch = math.ceil(len(train_rows) / batch_size)
+    micro_per_epoch = math.ceil(len(train_rows) / (batch_size * world))
     steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
     total_steps = steps_per_epoch * config.train.epochs
     if config.train.max_steps:
@@ -266,27 +278,34 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                     raise KeyboardInterrupt
                 if micro_count == 0:
                     step_start = position  # a checkpoint mid-accumulation resumes from here
-                chosen = [train_rows[i] for i in order[position:position + batch_size]]
-                batch = batching.make_batch(chosen, length + 1)
+                step_rows = [train_rows[i] for i in order[position:position + batch_size * world]]
+                chosen = step_rows[rank * batch_size:(rank + 1) * batch_size]
+                # At the end of an epoch a process may get no row; it still joins the sum, with weight 0.
+                idle = not chosen
+                batch = batching.make_batch(chosen or step_rows[:1], length + 1)
                 arrays = batch_arrays(batch)
-                position += batch_size
-                real += int(sum(len(r.ids) for r in chosen))  # tokens of every micro-batch in this step
+                position += batch_size * world
+                real += int(sum(len(r.ids) for r in step_rows))  # tokens of every micro-batch in this step
                 mx.random.seed(config.train.seed * 1_000_003 + step * 1_009 + micro_count)
-                if accumulation == 1:
+                if accumulation == 1 and world == 1:
                     loss, tokens = compiled_full(*arrays)
                     mx.eval(state, loss, tokens)
                     step_loss, step_tokens = loss.item(), tokens.item()
                 else:
                     loss, tokens, grad = compiled_micro(*arrays)
-                    weight = tokens
+                    weight = mx.zeros_like(tokens) if idle else tokens
                     grad = tree_map(lambda g: g * weight, grad)
                     accumulated = grad if accumulated is None else tree_map(mx.add, accumulated, grad)
-                    accumulated_tokens += tokens.item()
-                    step_loss += loss.item() * tokens.item()
+                    accumulated_tokens += weight.item()
+                    step_loss += loss.item() * weight.item()
                     micro_count += 1
                     mx.eval(accumulated)
                     if micro_count < accumulation and position < len(order):
                         continue
+                    if world > 1:
+                        accumulated = tree_map(lambda g: mx.distributed.all_sum(g, group=group), accumulated)
+                        sums = mx.distributed.all_sum(mx.array([step_loss, accumulated_tokens], dtype=mx.float32), group=group)
+                        step_loss, accumulated_tokens = sums.tolist()
                     optimizer.update(model, tree_map(lambda g: g / max(accumulated_tokens, 1.0), accumulated))
                     mx.eval(state)
                     step_loss, step_tokens = step_loss / max(accumulated_tokens, 1.0), accumulated_tokens
@@ -305,7 +324,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                 evaluate_now = step % config.train.steps_per_eval == 0 or step == total_steps or position >= len(order)
                 if evaluate_now and valid_rows:
                     eval_start = time.perf_counter()
-                    val = evaluate_loss(model, valid_rows, length, batch_size)
+                    val = evaluate_loss(model, valid_rows, length, batch_size, group)
                     eval_seconds += time.perf_counter() - eval_start
                     record["val_loss"] = val
                     if best_val is None or val < best_val - 1e-4:
