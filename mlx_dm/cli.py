@@ -308,6 +308,10 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
                   f"best val loss {result.best_val_loss if result.best_val_loss is not None else 'n/a'}, "
                   f"{result.tokens_per_second:.0f} tok/s, peak {result.peak_memory_bytes / 2**20:.0f} MiB, "
                   f"padding {result.padding_fraction:.1%}{', stopped early' if result.stopped_early else ''})")
+    if result.micro_batch_size * result.grad_accumulation > 1:
+        console.print(f"batch: {result.micro_batch_size} rows per pass × {result.grad_accumulation} accumulated"
+                      + (f" × {result.processes} processes" if result.processes > 1 else "")
+                      + " (auto_batch probed the memory)" * (config.train.auto_batch and result.grad_accumulation > config.train.grad_accumulation))
     return result
 
 

@@ -64,6 +64,9 @@ class TrainConfig:
     )  # the projections that get a LoRA
     grad_checkpoint: bool = False  # recompute activations in the backward pass (less memory, slower)
     grad_accumulation: int = 1  # micro-batches per optimizer step
+    auto_batch: bool = True  # probe real steps; split batch_size into micro-batches that fit memory (accumulated)
+    memory_limit_gb: float = 0.0  # budget for the probe; 0: the limit MLX reports for the device
+    memory_headroom: float = 0.2  # share of that budget kept free
     seed: int = 0  # LoRA initialisation, data order, dropout
     steps_per_eval: int = 25  # validation loss every N steps (early stopping and the best adapter use it)
     steps_per_checkpoint: int = 25  # resumable checkpoint every N steps

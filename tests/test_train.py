@@ -277,3 +277,45 @@ def test_two_processes_train_like_one_with_the_doubled_batch(tmp_path):
     assert learned and sum(np.linalg.norm(one[name]) > 0 for name in learned) > len(learned) // 2
     for name in one:
         assert np.linalg.norm(two[name] - one[name]) <= 0.01 * np.linalg.norm(one[name]), name
+
+
+def test_memory_probe_splits_the_batch_to_fit_and_keeps_the_effective_batch(tmp_path):
+    """Real forward/backward passes on the tiny model: the probe picks the largest micro-batch under
+    the budget, and accumulation keeps batch_size rows per optimizer step."""
+    from mlx_dm.config import load_config
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import build_tiny_model
+    from mlx_dm.train.trainer import apply_lora, choose_micro_batch, step_memory_probe
+
+    base = build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")
+    config = load_config(tmp_path)
+    loaded = load_model(base)
+    apply_lora(loaded.model, config)
+    rng = np.random.default_rng(0)
+    rows = []
+    for index in range(4):
+        ids = rng.integers(5, 600, size=256).astype(np.int32)
+        rows.append(batching.PackedRow(ids, np.ones(256, np.float32), np.ones(256, np.int32), [index]))
+    measure = step_memory_probe(loaded.model, rows, 255)
+    peaks = {n: measure(n) for n in (1, 2, 4)}
+    assert peaks[1] < peaks[2] < peaks[4], peaks  # activations grow with the rows in a pass
+
+    assert choose_micro_batch(measure, 4, peaks[4] * 2)[0] == 4
+    micro, probe = choose_micro_batch(measure, 4, (peaks[2] + peaks[4]) // 2)
+    assert micro == 2 and [p["rows"] for p in probe] == [4, 2] and [p["fits"] for p in probe] == [False, True]
+    assert choose_micro_batch(measure, 4, (peaks[1] + peaks[2]) // 2)[0] == 1
+    assert choose_micro_batch(lambda n: None if n > 1 else 10, 6, 100)[0] == 1  # allocation failures count as "no"
+
+
+def test_training_under_a_small_memory_limit_accumulates(tmp_path):
+    from mlx_dm.train.trainer import step_memory_probe  # noqa: F401  (the probe the run uses)
+
+    project = make_project(tmp_path, n_files=6, extra_toml="memory_limit_gb = 0.000001\n")
+    result = subprocess.run([sys.executable, "-m", "mlx_dm", "-C", str(project), "train", "--base", "tiny",
+                             "--max-steps", "2", "--batch-size", "4", "--no-resume"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = json.loads((run_dirs(project)[-1] / "train_state.json").read_text())
+    assert state["micro_batch_size"] == 1 and state["grad_accumulation"] == 4
+    assert [p["rows"] for p in state["batch_probe"]] == [4, 2, 1] and not any(p["fits"] for p in state["batch_probe"])
+    assert "1 rows per pass × 4 accumulated" in " ".join(result.stdout.split())

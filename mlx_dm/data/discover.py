@@ -37,7 +37,11 @@ class ScanResult:
 
 def find_scenario_files(root: Path) -> list[Path]:
     """Every `*.md` below ``root``, hidden folders ignored, no symlink followed out of ``root``."""
-    root = Path(root)
+    return [Path(root) / relative for relative in _relative_scenario_paths(Path(root))]
+
+
+def _relative_scenario_paths(root: Path) -> list[str]:
+    """Paths below ``root`` (POSIX, relative), sorted: the order scenarios are used in."""
     if not root.is_dir():
         raise DataError(
             f"scenario folder {root} does not exist",
@@ -45,34 +49,37 @@ def find_scenario_files(root: Path) -> list[Path]:
             "or pass --scenarios PATH",
         )
     real_root = root.resolve()
+    top = str(root)
     found = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
+    for folder, dirs, files in os.walk(top, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        prefix = os.path.relpath(folder, top).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
+        for name in files:
             if name.startswith(".") or not name.lower().endswith(".md"):
                 continue
-            path = Path(folder) / name
-            if path.is_symlink():
-                target = path.resolve()
+            if os.path.islink(os.path.join(folder, name)):
+                target = Path(folder, name).resolve()
                 if not target.is_relative_to(real_root):
                     continue
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+            found.append(prefix + name)
+    return sorted(found)
 
 
-def read_scenario(path: Path, root: Path, max_bytes: int) -> ParseResult:
+def read_scenario(path: Path, root: Path, max_bytes: int, rel: str | None = None) -> ParseResult:
     """Read and parse one file; every failure becomes a Problem, never an exception."""
-    rel = Path(path).relative_to(root).as_posix()
-    if Path(path).name.lower() in NOT_SCENARIO_NAMES:
+    rel = rel or Path(path).relative_to(root).as_posix()
+    if rel.rsplit("/", 1)[-1].lower() in NOT_SCENARIO_NAMES:
         return ParseResult(rel, None, [], skipped_reason="documentation file (README and the like)")
     try:
-        size = Path(path).stat().st_size
-        if size > max_bytes:
-            return ParseResult(rel, None, [Problem(
-                "error", "oversize", rel, 0,
-                f"file is {size:,} bytes, over the {max_bytes:,}-byte limit for one scenario",
-                "split it into several scenario files, or raise data.max_file_bytes in mlx-dm.toml")])
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as handle:  # one open for the size check and the read
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                return ParseResult(rel, None, [Problem(
+                    "error", "oversize", rel, 0,
+                    f"file is {size:,} bytes, over the {max_bytes:,}-byte limit for one scenario",
+                    "split it into several scenario files, or raise data.max_file_bytes in mlx-dm.toml")])
+            raw = handle.read()
     except OSError as exc:
         return ParseResult(rel, None, [Problem("error", "unreadable", rel, 0, f"cannot read the file ({exc.strerror})",
                                                "check the file's permissions")])
@@ -92,4 +99,6 @@ def read_scenario(path: Path, root: Path, max_bytes: int) -> ParseResult:
 
 def scan(root: Path, max_bytes: int = 1_000_000) -> ScanResult:
     root = Path(root)
-    return ScanResult(root, [read_scenario(path, root, max_bytes) for path in find_scenario_files(root)])
+    top = str(root)
+    return ScanResult(root, [read_scenario(os.path.join(top, rel), root, max_bytes, rel)
+                             for rel in _relative_scenario_paths(root)])

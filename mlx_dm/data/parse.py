@@ -94,11 +94,11 @@ def _key_value(line: str) -> tuple[str, str] | None:
     return key, match.group(2).strip().strip("*").strip()
 
 
+_KNOWN_BY_LOWER = {known.lower(): known for known in KNOWN_KEYS}
+
+
 def _canonical_key(key: str) -> str:
-    for known in KNOWN_KEYS:
-        if key.lower() == known.lower():
-            return known
-    return key
+    return _KNOWN_BY_LOWER.get(key.lower(), key)
 
 
 @dataclass

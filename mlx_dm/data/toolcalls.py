@@ -7,6 +7,7 @@ pattern for Python's ``re`` so that what we validate is exactly what the app wil
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ _BRACKETED = re.compile(r"\[([^\[\]\n]*)\](?!\()")
 _UNCLOSED = re.compile(r"\[([a-z][a-z0-9_ ]{0,30}):[^\]\n]*$")
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
 _NEWLINE = re.compile("\n")
+_SPACES = re.compile(r"\s+")
 DICE_PATTERN = re.compile(r"\b(\d*)d(\d+)((?:\s*[+-]\s*\d+)*)\b", re.IGNORECASE)
 TYPOGRAPHIC = str.maketrans({"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u00a0": " "})
 
@@ -103,7 +105,14 @@ def normalise_call_quotes(text: str) -> str:
 
 
 def dice_expressions(text: str) -> list[str]:
-    return [re.sub(r"\s+", "", m.group(0)).lower() for m in DICE_PATTERN.finditer(text)]
+    return list(_dice_expressions(text))
+
+
+@functools.lru_cache(maxsize=16384)
+def _dice_expressions(text: str) -> tuple[str, ...]:
+    if "d" not in text and "D" not in text:
+        return ()
+    return tuple(_SPACES.sub("", m.group(0)).lower() for m in DICE_PATTERN.finditer(text))
 
 
 def argument_pattern(arguments: str) -> str:

@@ -4,6 +4,7 @@ atomic checkpoints with exact resume, early stopping on validation loss."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import json
 import math
 import shutil
@@ -16,7 +17,7 @@ from typing import Callable
 import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
-from mlx.utils import tree_map
+from mlx.utils import tree_flatten, tree_map
 
 from ..config import Config
 from ..errors import MlxDmError, TrainingError
@@ -26,6 +27,8 @@ from ..runs import Run, atomic_write_json
 from . import batching
 from .checkpoint import (STATE_FILE, list_checkpoints, load_checkpoint, prune_checkpoints, save_adapter,
                          save_checkpoint, write_dir_atomically)
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingInterrupted(MlxDmError):
@@ -49,6 +52,9 @@ class TrainResult:
     resumed_from: int | None = None
     truncated_examples: int = 0
     history: list[dict] = field(default_factory=list)
+    micro_batch_size: int = 1  # rows per forward/backward pass (per process), from the memory probe
+    grad_accumulation: int = 1  # micro-batches per optimizer step
+    processes: int = 1  # mx.distributed group size
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -60,7 +66,8 @@ class TrainResult:
 def run_key(config: Config, base_path: Path, fingerprint: str) -> str:
     """What makes two runs the same run (and so resumable into each other)."""
     train = asdict(config.train)
-    for volatile in ("steps_per_eval", "steps_per_checkpoint", "keep_checkpoints"):
+    for volatile in ("steps_per_eval", "steps_per_checkpoint", "keep_checkpoints", "auto_batch", "memory_headroom",
+                     "memory_limit_gb"):
         train.pop(volatile)
     blob = json.dumps({"train": train, "base": str(base_path), "quantize": config.model.quantize_base,
                        "data": fingerprint}, sort_keys=True)
@@ -167,6 +174,56 @@ def evaluate_loss(model, rows: list[batching.PackedRow], length: int, batch_size
     return total / tokens if tokens else None
 
 
+def memory_budget(config: Config) -> int:
+    """Bytes a training step may use: `train.memory_limit_gb`, else the limit MLX reports for this
+    device (on a Mac, the GPU's recommended working set), less `train.memory_headroom`."""
+    limit = config.train.memory_limit_gb * 1e9 if config.train.memory_limit_gb > 0 else mx.get_memory_limit()
+    return int(limit * (1 - config.train.memory_headroom))
+
+
+def step_memory_probe(model, rows: list[batching.PackedRow], length: int) -> Callable[[int], int | None]:
+    """Peak bytes of one real forward and backward pass on the ``n`` heaviest rows (most DM tokens),
+    plus the optimizer state; None when MLX cannot allocate it."""
+    value_and_grad = nn.value_and_grad(model, loss_fn)
+    heaviest = sorted(rows, key=lambda row: -float(row.loss_mask.sum()))
+    trainable = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
+
+    def measure(n: int) -> int | None:
+        chosen = (heaviest * n)[:n]
+        arrays = batch_arrays(batching.make_batch(chosen, length + 1))
+        mx.clear_cache()
+        mx.reset_peak_memory()
+        try:
+            (loss, _), grad = value_and_grad(model, *arrays)
+            mx.eval(loss, grad)
+        except RuntimeError as exc:  # Metal: "[metal::malloc] Attempting to allocate ..."
+            if "alloc" in str(exc).lower() or "memory" in str(exc).lower():
+                return None
+            raise
+        peak = int(mx.get_peak_memory())
+        del grad, loss
+        mx.clear_cache()
+        return peak + 2 * trainable  # AdamW keeps two moments per trainable weight
+
+    return measure
+
+
+def choose_micro_batch(measure: Callable[[int], int | None], batch_size: int, budget: int) -> tuple[int, list[dict]]:
+    """The largest divisor of ``batch_size`` whose measured step fits ``budget``; gradient
+    accumulation over ``batch_size // micro`` micro-batches keeps the effective batch."""
+    probe = []
+    divisors = [d for d in range(batch_size, 0, -1) if batch_size % d == 0]
+    for rows in divisors:
+        peak = measure(rows)
+        fits = peak is not None and peak <= budget
+        probe.append({"rows": rows, "peak_bytes": peak, "budget_bytes": budget, "fits": fits})
+        if fits:
+            return rows, probe
+    logger.warning("even one row per step measured %s bytes, over the %s-byte budget; training goes on with one",
+                   probe[-1]["peak_bytes"], budget)
+    return 1, probe
+
+
 def _row_length(rows: list[batching.PackedRow], max_seq_length: int) -> int:
     """One fixed row length for the whole run (so the compiled step never recompiles)."""
     longest = max((len(r.ids) for r in rows), default=2)
@@ -205,6 +262,21 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     pad_fraction = batching.padding_fraction(train_rows, length)
     batch_size = max(1, min(config.train.batch_size, len(train_rows)))
     accumulation = max(1, config.train.grad_accumulation)
+    probe: list[dict] = []
+    saved_state = Path(resume_dir or run.path) / STATE_FILE
+    if resume_dir is not None and saved_state.exists() and "micro_batch_size" in json.loads(saved_state.read_text()):
+        # A resumed run keeps the split it started with, so it continues exactly.
+        earlier = json.loads(saved_state.read_text())
+        batch_size, accumulation = earlier["micro_batch_size"], earlier["grad_accumulation"]
+    elif config.train.auto_batch and batch_size > 1:
+        budget = memory_budget(config)
+        measure = step_memory_probe(model, train_rows, length)
+        micro, probe = choose_micro_batch(measure, batch_size, budget)
+        if world > 1:  # every process must run the same number of passes per step
+            smallest = int(mx.distributed.all_min(mx.array([micro]), group=group).item())
+            micro = max(d for d in range(1, smallest + 1) if batch_size % d == 0)
+        accumulation *= batch_size // micro
+        batch_size = micro
     micro_per_epoch = math.ceil(len(train_rows) / (batch_size * world))
     steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
     total_steps = steps_per_epoch * config.train.epochs
@@ -231,7 +303,8 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     checkpoints_dir = run_dir / "checkpoints"
     best_dir = run_dir / "best"
     run_state = {"key": key, "status": "running", "base": str(base_path), "data_fingerprint": fingerprint,
-                 "total_steps": total_steps}
+                 "total_steps": total_steps, "micro_batch_size": batch_size, "grad_accumulation": accumulation,
+                 "processes": world, "batch_probe": probe}
     step, epoch, position = 0, 0, 0
     step_start, micro_count = 0, 0
     best_val, patience_left, best_step = None, config.train.patience, None
@@ -363,7 +436,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     result = TrainResult(run_dir, adapter_dir, step, total_steps, best_val, last_loss, trained_tokens,
                          tokens_this_session / elapsed if elapsed > 0 else 0.0, int(mx.get_peak_memory()),
                          pad_fraction, stopped_early, resumed_from,
-                         sum(e.truncated for e in train_examples + valid_examples), history)
+                         sum(e.truncated for e in train_examples + valid_examples), history, batch_size, accumulation, world)
     atomic_write_json(run_dir / STATE_FILE, {**run_state, "status": "finished", "step": step,
                                              "result": result.to_dict()})
     plot_loss(run.metrics_path, run_dir / "loss.png")
