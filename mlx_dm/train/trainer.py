@@ -328,6 +328,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     last_loss = None
     start_time = time.perf_counter()
     tokens_this_session = 0
+    padded_tokens, real_tokens_mine = 0, 0  # this process's rows, for the padding actually computed
     eval_seconds = 0.0  # excluded from tokens/s, which measures training
     mx.reset_peak_memory()
     interrupted = False
@@ -355,10 +356,15 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
                 chosen = step_rows[rank * batch_size:(rank + 1) * batch_size]
                 # At the end of an epoch a process may get no row; it still joins the sum, with weight 0.
                 idle = not chosen
-                batch = batching.make_batch(chosen or step_rows[:1], length + 1)
+                # Pad only to the batch's longest row (in steps of 64, so the compiled step sees few
+                # shapes), not to the longest row of the run.
+                batch_length = min(length, -(-max(len(r.ids) for r in chosen or step_rows[:1]) // 64) * 64)
+                batch = batching.make_batch(chosen or step_rows[:1], batch_length + 1)
+                padded_tokens += batch.inputs.size
                 arrays = batch_arrays(batch)
                 position += batch_size * world
                 real += int(sum(len(r.ids) for r in step_rows))  # tokens of every micro-batch in this step
+                real_tokens_mine += 0 if idle else int(sum(len(r.ids) - 1 for r in chosen))
                 mx.random.seed(config.train.seed * 1_000_003 + step * 1_009 + micro_count)
                 if accumulation == 1 and world == 1:
                     loss, tokens = compiled_full(*arrays)
@@ -433,6 +439,8 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
         write_dir_atomically(best_dir, lambda d: save_adapter(d, model, adapter_config))
     adapter_dir = write_dir_atomically(run_dir / "adapters", lambda d: _copy_adapter(best_dir, d))
     elapsed = time.perf_counter() - start_time - eval_seconds
+    if padded_tokens:
+        pad_fraction = 1 - real_tokens_mine / padded_tokens
     result = TrainResult(run_dir, adapter_dir, step, total_steps, best_val, last_loss, trained_tokens,
                          tokens_this_session / elapsed if elapsed > 0 else 0.0, int(mx.get_peak_memory()),
                          pad_fraction, stopped_early, resumed_from,
