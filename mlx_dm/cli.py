@@ -865,7 +865,6 @@ def bench_command(
                 measurements.append(bench.bench_gguf_generation(name, path, prompt, max_tokens, repetitions))
         quantised = measurements[-1]
         if quantised.name.startswith("GGUF"):
-            ratios[f"prompt tokens/s (GGUF {current['quant']} / MLX + adapter)"] = quantised.median("prompt_tps") / mlx.median("prompt_tps")
             ratios[f"decode tokens/s (GGUF {current['quant']} / MLX + adapter)"] = quantised.median("decode_tps") / mlx.median("decode_tps")
         by_name = {m.name: m for m in measurements}
         if "MLX fused" in by_name:
