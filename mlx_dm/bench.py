@@ -166,11 +166,11 @@ def compare(current: dict, previous: dict, tolerance: float, ratios_only: bool =
         worse = change > tolerance if any(word in key for word in LOWER_IS_BETTER) else change < -tolerance
         if worse:
             problems.append(f"ratio {key}: {before:.3g} -> {now:.3g} ({change:+.1%})")
-    settings = ("machine", "base", "steps", "seq", "batch", "max_tokens")
-    differing = [key for key in settings if previous.get(key) != current.get(key)]
     if ratios_only:
         notes.append("absolute figures not compared (--ratios-only)")
         return problems, notes
+    settings = ("machine", "base", "steps", "seq", "batch", "max_tokens")
+    differing = [key for key in settings if previous.get(key) != current.get(key)]
     if differing:
         notes.append("absolute figures not compared: the baseline differs in "
                      + ", ".join(f"{key} ({previous.get(key)!r} vs {current.get(key)!r})" for key in differing))

@@ -277,8 +277,6 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
         if rank > 0:
             import tempfile
 
-            from .train.trainer import train
-
             scratch = Path(tempfile.mkdtemp(prefix=f"mlx-dm-rank{rank}-"))
             return train(config, dataset_dir, base_path, Run(scratch, scratch.name))
         console.print(f"distributed training: {world} processes, {config.train.batch_size} rows each per step")
@@ -309,9 +307,10 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
                   f"{result.tokens_per_second:.0f} tok/s, peak {result.peak_memory_bytes / 2**20:.0f} MiB, "
                   f"padding {result.padding_fraction:.1%}{', stopped early' if result.stopped_early else ''})")
     if result.micro_batch_size * result.grad_accumulation > 1:
+        processes = f" × {result.processes} processes" if result.processes > 1 else ""
+        probed = result.grad_accumulation > config.train.grad_accumulation  # only the probe raises it
         console.print(f"batch: {result.micro_batch_size} rows per pass × {result.grad_accumulation} accumulated"
-                      + (f" × {result.processes} processes" if result.processes > 1 else "")
-                      + " (auto_batch probed the memory)" * (config.train.auto_batch and result.grad_accumulation > config.train.grad_accumulation))
+                      f"{processes}{' (auto_batch probed the memory)' if probed else ''}")
     return result
 
 

@@ -193,7 +193,7 @@ def _config_sections() -> list[str]:
              "hardware profile change some of them (`mlx-dm doctor`). For example:", "",
              "```toml", "[train]", "epochs = 2", "learning_rate = 2e-4", "", "[validate]", "phone_ram_gb = 4", "```", ""]
     for section in dataclasses.fields(Config):
-        if not dataclasses.is_dataclass(section.default_factory if section.default_factory is not dataclasses.MISSING else None):
+        if section.default_factory is dataclasses.MISSING:  # project_dir, runs_dir: not a [section]
             continue
         instance = section.default_factory()
         lines += [f"### `[{section.name}]`", "", "| key | default | meaning |", "|---|---|---|"]

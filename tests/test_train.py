@@ -308,8 +308,6 @@ def test_memory_probe_splits_the_batch_to_fit_and_keeps_the_effective_batch(tmp_
 
 
 def test_training_under_a_small_memory_limit_accumulates(tmp_path):
-    from mlx_dm.train.trainer import step_memory_probe  # noqa: F401  (the probe the run uses)
-
     project = make_project(tmp_path, n_files=6, extra_toml="memory_limit_gb = 0.000001\n")
     result = subprocess.run([sys.executable, "-m", "mlx_dm", "-C", str(project), "train", "--base", "tiny",
                              "--max-steps", "2", "--batch-size", "4", "--no-resume"],

@@ -263,18 +263,17 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     batch_size = max(1, min(config.train.batch_size, len(train_rows)))
     accumulation = max(1, config.train.grad_accumulation)
     probe: list[dict] = []
-    saved_state = Path(resume_dir or run.path) / STATE_FILE
-    if resume_dir is not None and saved_state.exists() and "micro_batch_size" in json.loads(saved_state.read_text()):
+    saved_state = Path(resume_dir) / STATE_FILE if resume_dir is not None else None
+    earlier = json.loads(saved_state.read_text()) if saved_state is not None and saved_state.exists() else {}
+    if "micro_batch_size" in earlier:
         # A resumed run keeps the split it started with, so it continues exactly.
-        earlier = json.loads(saved_state.read_text())
         batch_size, accumulation = earlier["micro_batch_size"], earlier["grad_accumulation"]
     elif config.train.auto_batch and batch_size > 1:
         budget = memory_budget(config)
         measure = step_memory_probe(model, train_rows, length)
         micro, probe = choose_micro_batch(measure, batch_size, budget)
         if world > 1:  # every process must run the same number of passes per step
-            smallest = int(mx.distributed.all_min(mx.array([micro]), group=group).item())
-            micro = max(d for d in range(1, smallest + 1) if batch_size % d == 0)
+            micro = int(mx.distributed.all_min(mx.array([micro]), group=group).item())  # a divisor on every process
         accumulation *= batch_size // micro
         batch_size = micro
     micro_per_epoch = math.ceil(len(train_rows) / (batch_size * world))
