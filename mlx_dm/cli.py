@@ -817,6 +817,14 @@ def bench_command(
     from .model.hub import resolve_base
     from .runs import new_run
 
+    baseline = None
+    if compare_to is not None:  # checked before minutes of measuring
+        try:
+            baseline = _json.loads(Path(compare_to).read_text())
+            baseline["measurements"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{compare_to} is not a bench report ({exc.__class__.__name__}: {exc})",
+                              "pass the bench.json of an earlier `mlx-dm bench` run, e.g. benchmarks/baselines/bench-tiny.json")
     config = _config()
     current = _current_model(config)
     config.model.base_model = base or (current["base_model"] if current else "tiny")
@@ -886,9 +894,7 @@ def bench_command(
         console.print(f"{key}: [bold]{value:.2f}[/bold]")
     console.print(f"report: {out / 'bench.md'}")
     if compare_to is not None:
-        if not Path(compare_to).is_file():
-            raise ConfigError(f"no bench report at {compare_to}", "pass the bench.json of an earlier `mlx-dm bench` run")
-        problems, notes = bench.compare(report, _json.loads(Path(compare_to).read_text()), tolerance, ratios_only)
+        problems, notes = bench.compare(report, baseline, tolerance, ratios_only)
         for note in notes:
             console.print(f"[dim]{escape(note)}[/dim]")
         for problem in problems:

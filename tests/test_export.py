@@ -284,3 +284,12 @@ def test_bench_measures_training_and_generation_and_flags_regressions(exported):
     assert compared.returncode == 7 and "regression" in said
     assert f"ratio {key}" in said and "decode_tps" in said
     assert "not measured now" in said  # the training ratios: --no-train
+
+
+def test_bench_refuses_a_baseline_that_is_not_a_bench_report_before_measuring(tmp_path):
+    (tmp_path / "notes.json").write_text('{"x": 1}')
+    for baseline, reason in ((tmp_path / "missing.json", "FileNotFoundError"), (tmp_path / "notes.json", "KeyError")):
+        result = cli(tmp_path, "bench", "--compare", str(baseline))
+        said = " ".join((result.stdout + result.stderr).split())
+        assert result.returncode == 2 and f"is not a bench report ({reason}" in said and "bench-tiny.json" in said
+        assert not (tmp_path / "runs").exists()  # nothing was measured
