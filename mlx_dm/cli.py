@@ -315,7 +315,8 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
 
 
 # Options shared by `train` and `run`; None means "from the profile, then mlx-dm.toml".
-BASE_OPTION = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, 'tiny', or 'gemma3-270m' (real weights, optional package).")
+BASE_OPTION = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, 'tiny', 'tiny-vision' (with vision and audio towers), or 'gemma3-270m' (real weights, optional package).")
+VISION_OPTION = typer.Option(False, "--vision", help="Also write the vision projector (mmproj) for CactusVLM; needs a base with its vision tower (same as model.vision in mlx-dm.toml).")
 DEV_OPTION = typer.Option(False, "--dev", help="The built-in tiny offline Gemma 3n with a short schedule.")
 EPOCHS_OPTION = typer.Option(None, "--epochs", min=1, help="Passes over the training split (train.epochs).")
 MAX_STEPS_OPTION = typer.Option(None, "--max-steps", min=0, help="Stop after this many optimizer steps; 0: as many as the epochs need.")
@@ -358,8 +359,8 @@ DEV_PROFILE = {"max_seq_length": 256, "max_steps": 24, "epochs": 1, "batch_size"
 def apply_dev_profile(config: Config, explicit: dict) -> None:
     """The tiny model on a 2-core CPU in minutes: short rows, a capped number of steps.
 
-    Flags given on the command line still win."""
-    config.model.base_model = "tiny"
+    Flags given on the command line still win. With model.vision, the tiny model with towers."""
+    config.model.base_model = "tiny-vision" if config.model.vision else "tiny"
     config.model.quantize_base = False
     config.train.grad_checkpoint = False
     for name, value in DEV_PROFILE.items():
@@ -422,8 +423,8 @@ def default_quant(base_path: Path) -> str:
 
 
 def model_name(base_model: str) -> str:
-    if base_model == "tiny":
-        return "dm-tiny-gemma3n"
+    if base_model in ("tiny", "tiny-vision"):
+        return "dm-" + base_model.replace("tiny", "tiny-gemma3n")
     if base_model == "gemma3-270m":
         return "dm-gemma3-270m"
     return "dm-" + base_model.split("/")[-1].lower().replace("-it", "").replace("_", "-")
@@ -481,16 +482,17 @@ def export_command(
     base: Optional[str] = typer.Option(None, "--base", help="Base model the adapter was trained on (default: from the run)."),
     quant: Optional[str] = typer.Option(None, "--quant", help="Q4_K_M (Gemma 3n default), Q8_0 (default under 1B parameters), Q5_K_M, Q4_0, IQ4_XS, F16, ..."),
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length the app will use."),
-    vision: bool = typer.Option(False, "--vision", help="Also write the vision projector (mmproj)."),
+    vision: bool = VISION_OPTION,
     size_budget: float = typer.Option(2.0, "--size-budget", help="Largest GGUF in GB (0: no limit); Q4_K_M over it gets a smaller per-tensor mix."),
 ) -> None:
     """Fuse the adapter, convert with llama.cpp, quantise, check, and place the GGUF in assets/models."""
     config = _config(validate={"n_ctx": n_ctx})
     adapter_dir = adapter or _latest_adapter(config)
     base_path = _base_for_adapter(config, adapter_dir, base)
-    if config.model.base_model == "tiny":
+    if config.model.base_model in ("tiny", "tiny-vision"):
         apply_dev_validation(config)
-    result = run_export(config, base_path, adapter_dir, quant or default_quant(base_path), n_ctx, vision, size_budget)
+    result = run_export(config, base_path, adapter_dir, quant or default_quant(base_path), n_ctx,
+                        vision or config.model.vision, size_budget)
     validate_and_promote(config, result.placed, adapter_dir, base_path,
                          adapter_dir.parent / f"validation-{result.placed.version}")
 
@@ -512,12 +514,13 @@ def run_command(
     validate_only: bool = typer.Option(False, "--validate-only", help="Validate the data and the current model; no training."),
     incremental: Optional[bool] = typer.Option(None, "--incremental/--full", help="Continue from the app's model on the new scenarios plus a replay of the old (default: when scenarios were only added)."),
     force: bool = typer.Option(False, "--force", help="Train even when no scenario changed since the app's model."),
+    vision: bool = VISION_OPTION,
 ) -> None:
     """The whole job: scenarios → dataset → LoRA training → GGUF in assets/models with the Cactus config."""
     from .model.hub import resolve_base
 
     explicit = _train_overrides(epochs, max_steps, batch_size, learning_rate, max_seq_length, lora_rank, seed)
-    config = _config(train=explicit, model={"base_model": base}, validate={"n_ctx": n_ctx})
+    config = _config(train=explicit, model={"base_model": base, "vision": vision or None}, validate={"n_ctx": n_ctx})
     if dev:
         apply_dev_profile(config, explicit)
     config_table = Table(title="configuration", show_header=False)
@@ -550,7 +553,8 @@ def run_command(
     console.print(f"[bold]2/4 train[/bold] on {base_path}")
     result = run_training(config, dataset_dir, base_path, resume)
     console.print("[bold]3/4 export[/bold]")
-    exported = run_export(config, base_path, result.adapter_dir, quant or default_quant(base_path), n_ctx, vision=False)
+    exported = run_export(config, base_path, result.adapter_dir, quant or default_quant(base_path), n_ctx,
+                          vision=config.model.vision)
     console.print("[bold]4/4 validate[/bold]")
     validate_and_promote(config, exported.placed, result.adapter_dir, base_path, result.adapter_dir.parent / "validation")
 

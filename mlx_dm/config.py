@@ -42,9 +42,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    base_model: str = DEFAULT_BASE_MODEL  # Hugging Face repo id, local folder, "tiny" or "gemma3-270m"
+    base_model: str = DEFAULT_BASE_MODEL  # Hugging Face repo id, local folder, "tiny", "tiny-vision" or "gemma3-270m"
     quantize_base: bool = False  # train on a 4-bit copy of the base (QLoRA); the profile turns it on when memory is short
     cache_dir: str = ".mlx-dm/models"  # built and imported bases (the tiny model, gemma3-270m)
+    vision: bool = False  # also export the vision projector (mmproj) for CactusVLM; needs a base with a vision tower
     keep_versions: int = 5  # stored model versions in assets/models/versions (the current and the previous always stay)
 
 

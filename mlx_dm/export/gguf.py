@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.metadata
+import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +40,9 @@ def converter_dir() -> Path:
     return here
 
 
-def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file: Path | None = None) -> Path:
-    """Run llama.cpp's convert_hf_to_gguf.py; writes ``out_file`` atomically."""
+def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file: Path | None = None,
+                    mmproj: bool = False) -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py (``mmproj``: its projector mode); writes ``out_file`` atomically."""
     script = converter_dir() / "convert_hf_to_gguf.py"
     out_file = Path(out_file)
     needed = sum(p.stat().st_size for p in Path(hf_dir).glob("*.safetensors"))
@@ -47,8 +50,8 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py
     with atomic_path(out_file) as tmp:
-        result = subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype],
-                                capture_output=True, text=True, env=env)
+        result = subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype]
+                                + (["--mmproj"] if mmproj else []), capture_output=True, text=True, env=env)
         if log_file:
             Path(log_file).write_text(result.stdout + result.stderr)
         if result.returncode != 0:
@@ -56,6 +59,63 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file
             raise ExportError(f"llama.cpp's converter failed on {hf_dir}:\n{tail}",
                               "the full log is in the run folder; check that the checkpoint has tokenizer.model and config.json")
     return out_file
+
+
+VISION_PREFIXES = ("model.vision_tower.", "model.embed_vision.")
+MMPROJ_CARRIED_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.model",
+                        "tokenizer_config.json", "special_tokens_map.json")
+
+
+def tensor_names(checkpoint: Path) -> list[str]:
+    """Tensor names of a safetensors checkpoint, read from the file headers (no weights loaded)."""
+    names = []
+    for shard in sorted(Path(checkpoint).glob("*.safetensors")):
+        with open(shard, "rb") as handle:
+            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        names += [name for name in header if name != "__metadata__"]
+    return names
+
+
+def has_vision_tower(checkpoint: Path) -> bool:
+    return any(name.startswith("model.vision_tower.") for name in tensor_names(checkpoint))
+
+
+def convert_mmproj(hf_dir: Path, out_file: Path, log_file: Path | None = None) -> Path:
+    """The vision projector (mmproj) GGUF of a Gemma 3n checkpoint, by llama.cpp's converter.
+
+    Two workarounds for llama.cpp 0.3.36, both here, on a view of the checkpoint the converter reads:
+
+    1. Its gguf-py has no name for Gemma 3n's audio `subsample_conv_projection.conv_N.norm` tensors,
+       so `--mmproj` stops with "Can not map tensor" on every Gemma 3n checkpoint with its audio tower
+       (the real E2B has one); and its runtime never runs Gemma 3n's audio encoder (mtmd skips audio
+       for the gemma3nv projector). The view holds the vision tensors only, which also keeps unused
+       audio weights out of the file the phone loads.
+    2. The converter writes the MobileNetV5 blocks' `layer_scale.gamma` as a vector [C], but the
+       runtime multiplies a [W, H, C] feature map by it, which needs [1, C, 1, 1] (the shape the
+       converter does give the same tensor outside the blocks): image encoding aborts the process
+       (GGML_ASSERT ggml_can_repeat) at the first image. The view stores the gammas as [1, C, 1, 1].
+    """
+    import tempfile
+
+    import mlx.core as mx
+
+    hf_dir = Path(hf_dir)
+    with tempfile.TemporaryDirectory(prefix="mmproj-view-", dir=Path(out_file).parent) as tmp:
+        view = Path(tmp)
+        for name in MMPROJ_CARRIED_FILES:
+            if (hf_dir / name).exists():
+                shutil.copy2(hf_dir / name, view / name)
+        vision = {}
+        for shard in sorted(hf_dir.glob("*.safetensors")):
+            vision.update({k: v for k, v in mx.load(str(shard)).items() if k.startswith(VISION_PREFIXES)})
+        for name, value in vision.items():
+            if name.endswith("layer_scale.gamma") and value.ndim == 1:
+                vision[name] = value.reshape(1, -1, 1, 1)
+        if not any(k.startswith("model.vision_tower.") for k in vision):
+            raise ExportError(f"{hf_dir} has no vision tower weights (model.vision_tower.*), so there is no mmproj to write",
+                              "export from a base that has them (google/gemma-3n-E2B-it does), or drop --vision")
+        mx.save_safetensors(str(view / "model.safetensors"), vision, metadata={"format": "pt"})
+        return convert_to_gguf(view, out_file, "f16", log_file=log_file, mmproj=True)
 
 
 def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int = 0,

@@ -14,9 +14,9 @@ from typing import Callable
 
 from ..errors import ExportError
 from ..runs import atomic_write_json, atomic_write_text
-from .check import GgufCheck, Parity, check_gguf, mlx_reference, parity
+from .check import GgufCheck, MmprojCheck, Parity, check_gguf, check_mmproj, mlx_reference, parity
 from .fuse import fuse
-from .gguf import convert_to_gguf, gguf_metadata, quantize
+from .gguf import convert_mmproj, convert_to_gguf, gguf_metadata, has_vision_tower, quantize
 from .place import PlacedModel, cactus_snippet, stage
 
 
@@ -39,9 +39,13 @@ class ExportResult:
     timings: dict[str, float]
     sizes: dict[str, int]
     tensor_types: dict[str, str] | None = None
+    mmproj: Path | None = None
+    mmproj_check: MmprojCheck | None = None
 
     def to_dict(self) -> dict:
         return {"fused_dir": str(self.fused_dir), "f16_gguf": str(self.f16_gguf), "gguf": str(self.gguf),
+                "mmproj": str(self.mmproj) if self.mmproj else None,
+                "mmproj_check": asdict(self.mmproj_check) if self.mmproj_check else None,
                 "quant": self.quant, "checks": [asdict(c) for c in self.checks],
                 "parity": [p.to_dict() for p in self.parity], "placed": asdict(self.placed) if self.placed else None,
                 "timings": self.timings, "sizes": self.sizes, "tensor_types": self.tensor_types}
@@ -72,10 +76,10 @@ def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir:
                  size_budget: float | None = DEFAULT_SIZE_BUDGET) -> ExportResult:
     from ..model.load import load_model
 
-    if vision:
-        raise ExportError("a vision projector (mmproj) was asked for, but this export is text-only",
-                          "llama.cpp 0.3.36's converter has Gemma3nVisionAudioModel, but the tiny model has no towers; "
-                          "export from a base with vision weights, or drop --vision (a text DM needs no mmproj)")
+    if vision and not has_vision_tower(base_dir):
+        raise ExportError(f"a vision projector (mmproj) was asked for, but the base {base_dir} has no vision tower",
+                          "export from a Gemma 3n base with its vision tower (google/gemma-3n-E2B-it; offline: "
+                          "--base tiny-vision), or drop --vision: a text DM needs no mmproj")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -108,12 +112,20 @@ def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir:
                               f"{size_budget / 1e9:.2f} GB", "use a smaller base (E2B rather than E4B) or raise --size-budget")
     timings["quantize_s"] = time.perf_counter() - start
 
+    mmproj = None
+    if vision:
+        start = time.perf_counter()
+        say("writing the vision projector (mmproj, f16) with llama.cpp's converter")
+        mmproj = convert_mmproj(fused_dir, work_dir / f"{name}-mmproj-f16.gguf", log_file=work_dir / "convert-mmproj.log")
+        timings["mmproj_s"] = time.perf_counter() - start
+
     start = time.perf_counter()
     say("checking the GGUF files with llama.cpp")
     loaded = load_model(fused_dir, dtype="float32")
     sequences = parity_sequences(loaded.tokenizer, dataset_dir)
     prompt = loaded.tokenizer.decode(sequences[0][0][: sequences[0][1]]) if sequences else "<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
     checks = [check_gguf(f16, prompt), check_gguf(gguf, prompt)]
+    mmproj_check = check_mmproj(gguf, mmproj) if mmproj else None
     # Quality cost of the budget mix: the stock mix's parity is reported beside it.
     if sequences:
         reference = mlx_reference(loaded.model, sequences)
@@ -123,16 +135,21 @@ def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir:
     timings["check_s"] = time.perf_counter() - start
     sizes = {"f16_bytes": f16.stat().st_size, "gguf_bytes": gguf.stat().st_size,
              "stock_mix_bytes": candidates[0].stat().st_size}
-    result = ExportResult(fused_dir, f16, gguf, quant, checks, parities, None, timings, sizes, tensor_types)
+    if mmproj:
+        sizes["mmproj_bytes"] = mmproj.stat().st_size
+    result = ExportResult(fused_dir, f16, gguf, quant, checks, parities, None, timings, sizes, tensor_types,
+                          mmproj, mmproj_check)
     failed = [problem for check in checks for problem in check.problems] + [
         f"{Path(c.path).name} did not load" for c in checks if not c.loads]
+    if mmproj_check:
+        failed += [f"{mmproj.name}: {problem}" for problem in mmproj_check.problems]
     if failed:
         write_report(work_dir, result, gguf_metadata(gguf))
         raise ExportError("the exported GGUF failed its checks: " + "; ".join(failed),
                           f"see {work_dir / 'export-report.md'}; the model in assets/models was left as it was")
     files = Path(dataset_dir) / "files.json"
     result.placed = stage(gguf, project_dir, name, quant, base_model, run_name,
-                          (Path(dataset_dir) / "fingerprint.txt").read_text().strip(), n_ctx, adapter_dir=adapter_dir,
+                          (Path(dataset_dir) / "fingerprint.txt").read_text().strip(), n_ctx, mmproj=mmproj, adapter_dir=adapter_dir,
                           data_files=json.loads(files.read_text()) if files.exists() else None)
     write_report(work_dir, result, gguf_metadata(gguf))
     return result
@@ -155,6 +172,13 @@ def write_report(work_dir: Path, result: ExportResult, metadata: dict) -> None:
     for c in result.checks:
         lines.append(f"| {Path(c.path).name} | {c.loads} | {c.architecture} | {'Gemma' if c.chat_template_matches else 'WRONG'} "
                      f"| {c.has_end_of_turn} | {c.context_length} | {c.sample[:40]!r} |")
+    if result.mmproj_check:
+        m = result.mmproj_check
+        lines += ["", "## Vision projector (mmproj)", "",
+                  f"`{Path(m.path).name}` ({result.sizes['mmproj_bytes'] / 1e6:.1f} MB, f16): loads in llama.cpp's mtmd "
+                  f"beside the text model: {m.loads}; a 96x96 test image became {m.image_tokens} tokens "
+                  f"of width {m.embedding_width}, finite: {m.finite}, encoded in {m.encode_seconds:.2f}s. "
+                  "The audio tower is left out: llama.cpp does not run Gemma 3n's audio encoder."]
     lines += ["", "## Parity with the fused MLX model (float32)", "",
               "Teacher-forced over the first DM reply of validation scenarios, then free-running greedy.", "",
               "| file | positions | argmax agreement | max logit diff | mean logit diff | greedy equal | max diff with llama.cpp's std |",

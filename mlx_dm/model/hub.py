@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import ModelError
 
 TINY = "tiny"
+TINY_VISION = "tiny-vision"  # the tiny model with small vision and audio towers (mmproj exports)
 GEMMA3_270M = "gemma3-270m"  # real Gemma 3 270M weights from an optional package (model/gguf_import.py)
 KNOWN_BASES = {
     "e2b": "google/gemma-3n-E2B-it",
@@ -25,6 +26,11 @@ def resolve_base(name: str, project_dir: Path, scenarios_dir: Path | None = None
         from .tiny import build_tiny_model
 
         return build_tiny_model(Path(project_dir) / ".mlx-dm" / "models" / "tiny-gemma3n", scenarios_dir)
+    if name == TINY_VISION:
+        from .tiny import TINY_VISION_SPEC, build_tiny_model
+
+        return build_tiny_model(Path(project_dir) / ".mlx-dm" / "models" / "tiny-gemma3n-vision", scenarios_dir,
+                                TINY_VISION_SPEC)
     if name.lower() == GEMMA3_270M:
         from .gguf_import import gemma3_270m_base
 

@@ -41,7 +41,13 @@ class TinySpec:
     seed: int = 0
     extra_vocab: int = 0  # vision/audio soft-token ids above the text vocabulary (real models: 256)
     max_position_embeddings: int = 4096
+    towers: bool = False  # add small vision and audio towers (for the mmproj export)
 
+
+# The tiny model with vision and audio towers. llama.cpp 0.3.36's mtmd compares the projector's
+# input width (MobileNetV5's 2048 features, fixed in timm) with the text model's width and refuses a
+# mismatch (clip_n_mmproj_embd reads the wrong axis for Gemma 3n), so the text width is 2048, as in E2B.
+TINY_VISION_SPEC = TinySpec(hidden_size=2048, intermediate_size=128, towers=True)
 
 # google/gemma-3n-E2B-it's text part (see ../shared/notes): used for memory estimates and size
 # benchmarks with random weights. Never built by default: its weights are about 9 GB in bf16.
@@ -100,18 +106,21 @@ def text_config(spec: TinySpec) -> dict:
 def multimodal_config(spec: TinySpec) -> dict:
     """The `gemma3n` layout mlx-lm and llama.cpp expect (the text-only layout is rejected)."""
     text = text_config(spec)
+    if spec.towers:
+        manifest = towers_manifest()
+        vision = {**manifest["vision_config"], "vocab_offset": spec.vocab}
+        audio = {**manifest["audio_config"], "vocab_offset": spec.vocab + 128}
+    else:  # E2B's tower configs; the text-only tiny model has no tower weights
+        vision = {"model_type": "gemma3n_vision", "architecture": "mobilenetv5_300m_enc", "hidden_size": 2048,
+                  "vocab_size": 128, "vocab_offset": spec.vocab, "rms_norm_eps": 1e-6, "do_pooling": False}
+        audio = {"model_type": "gemma3n_audio", "vocab_size": 128, "vocab_offset": spec.vocab + 128, "input_feat_size": 128,
+                 "hidden_size": 1536, "conf_num_attention_heads": 8, "conf_num_hidden_layers": 12, "rms_norm_eps": 1e-6}
     return {
         "architectures": ["Gemma3nForConditionalGeneration"],
         "model_type": "gemma3n",
         "text_config": text,
-        "vision_config": {
-            "model_type": "gemma3n_vision", "architecture": "mobilenetv5_300m_enc", "hidden_size": 2048,
-            "vocab_size": 128, "vocab_offset": spec.vocab, "rms_norm_eps": 1e-6, "do_pooling": False,
-        },
-        "audio_config": {
-            "model_type": "gemma3n_audio", "vocab_size": 128, "vocab_offset": spec.vocab + 128, "input_feat_size": 128,
-            "hidden_size": 1536, "conf_num_attention_heads": 8, "conf_num_hidden_layers": 12, "rms_norm_eps": 1e-6,
-        },
+        "vision_config": vision,
+        "audio_config": audio,
         "audio_soft_tokens_per_image": 188,
         "vision_soft_tokens_per_image": 256,
         "boi_token_id": spec.vocab + 1,
@@ -125,6 +134,44 @@ def multimodal_config(spec: TinySpec) -> dict:
         "torch_dtype": "bfloat16",
         "transformers_version": "4.53.0",
     }
+
+
+TOWERS_MANIFEST = Path(__file__).with_name("tiny_towers.json")
+# The image processor settings of google/gemma-3n-E2B-it (llama.cpp's converter reads the size).
+PREPROCESSOR_CONFIG = {
+    "processor_class": "Gemma3nProcessor", "image_processor_type": "SiglipImageProcessorFast",
+    "size": {"height": 768, "width": 768}, "image_seq_length": 256, "do_resize": True, "do_rescale": True,
+    "rescale_factor": 1 / 255, "do_normalize": False, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+    "resample": 2, "do_convert_rgb": None,
+}
+
+
+def towers_manifest() -> dict:
+    """Names and shapes of small but real Gemma 3n vision and audio towers (see tiny_towers.json)."""
+    return json.loads(TOWERS_MANIFEST.read_text())
+
+
+def tower_weights(spec: TinySpec) -> dict:
+    """Random tower weights under transformers' names: norms at 1, biases at 0, the rest scaled by
+    fan-in, so a forward pass stays finite. The projections into the text model take its width."""
+    import numpy as np
+
+    rng = np.random.default_rng(spec.seed + 7)
+    weights = {}
+    for name, shape in towers_manifest()["tensors"].items():
+        if name.endswith("embedding_projection.weight"):
+            shape = [spec.hidden_size, shape[1]]
+        leaf = name.rsplit(".", 2)
+        if name.endswith(".bias") or name.endswith("running_mean"):
+            array = np.zeros(shape, np.float32)
+        elif (len(shape) == 1 and ("norm" in name or "bn" in leaf[-2] or name.endswith(("running_var", ".gamma",
+                                                                                           "per_dim_scale")))):
+            array = np.ones(shape, np.float32) * (0.1 if name.endswith(".gamma") else 1.0)
+        else:
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+            array = rng.standard_normal(shape, dtype=np.float32) * fan_in ** -0.5
+        weights[name] = array
+    return weights
 
 
 def parameter_count(spec: TinySpec) -> int:
@@ -255,7 +302,11 @@ def build_tiny_model(out_dir: Path, scenarios_dir: Path | None = None, spec: Tin
             {"bos_token_id": 2, "eos_token_id": [1, 6], "pad_token_id": 0, "do_sample": False}, indent=2) + "\n")
         (tmp / "tokenizer.model").write_bytes(train_tokenizer(sentences, spec.vocab, spec.seed))
         write_tokenizer_config(tmp)
-        mx.save_safetensors(str(tmp / "model.safetensors"), random_weights(config, spec.seed), metadata={"format": "pt"})
+        weights = random_weights(config, spec.seed)
+        if spec.towers:
+            weights.update({name: mx.array(value).astype(mx.bfloat16) for name, value in tower_weights(spec).items()})
+            (tmp / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR_CONFIG, indent=2) + "\n")
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
         (tmp / "mlx-dm-tiny.json").write_text(json.dumps({"key": key, "spec": spec.__dict__,
                                                           "builder_version": BUILDER_VERSION}, indent=2) + "\n")
         if out_dir.exists():
