@@ -2,14 +2,19 @@
 
     python benchmarks/train_throughput.py [--steps 12] [--seq 256] [--batch 2] [--base tiny]
 
+--base: tiny, gemma3n-mid (a mid-size Gemma 3n with random weights, built here: the tiny model's
+real tokenizer, E2B's head width, 1024 wide, MLP 4096, 22 layers; about 0.4B parameters),
+gemma3-270m (real weights), or any base `mlx-dm train --base` takes.
+
 Both train LoRA (rank 8, scale 2, attention + MLP projections of every layer) on the same
 rendered scenarios, same sequence length, batch size and learning rate, for the same number of
 optimizer steps, each in its own process. Both processes get OpenBLAS (mlx_dm/cpu_blas.py), so
 the difference is the trainers'. tokens/s counts real (non-padding) tokens.
 
-Note for reading the loss column: mlx_lm.lora computes it over every token of the text;
-mlx-dm over the Dungeon Master's tokens only (completion-only), so the two are not the same
-quantity. The benchmark prints both as reported.
+The loss column is each trainer's own training loss: mlx_lm.lora's over every token of the text,
+mlx-dm's over the Dungeon Master's tokens only, so they are not the same quantity. The "val"
+columns score both final adapters the same way on the validation split (bench.validation_losses):
+over the DM tokens and over every token.
 """
 
 from __future__ import annotations
@@ -19,9 +24,19 @@ import json
 import tempfile
 from pathlib import Path
 
-from mlx_dm.bench import train_ours, train_stock
+from mlx_dm.bench import train_ours, train_stock, validation_losses
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+MID_SIZE = "gemma3n-mid"
+
+
+def mid_size_spec():
+    from mlx_dm.model.tiny import TinySpec
+
+    return TinySpec(hidden_size=1024, intermediate_size=4096, num_attention_heads=4, num_key_value_heads=1,
+                    head_dim=256, sliding_window=512)
 
 
 def prepare(base: str, work: Path) -> tuple[Path, Path, Path]:
@@ -29,11 +44,15 @@ def prepare(base: str, work: Path) -> tuple[Path, Path, Path]:
     from mlx_dm.cli import build_dataset_from_config
     from mlx_dm.config import load_config
     from mlx_dm.model.hub import resolve_base
+    from mlx_dm.model.tiny import build_tiny_model
 
     config = load_config(ROOT)
     config.data.dataset_dir = str(work / "dataset")
     _, dataset_dir = build_dataset_from_config(config, ROOT / "ai-training")
-    base_path = resolve_base(base, ROOT, ROOT / "ai-training")
+    if base == MID_SIZE:
+        base_path = build_tiny_model(ROOT / ".mlx-dm" / "models" / MID_SIZE, ROOT / "ai-training", mid_size_spec())
+    else:
+        base_path = resolve_base(base, ROOT, ROOT / "ai-training")
     return dataset_dir, base_path, stock_lora_data(dataset_dir, work / "stock-data")
 
 
@@ -44,18 +63,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--base", default="tiny")
+    parser.add_argument("--grad-checkpoint", action="store_true",
+                        help="mlx-dm recomputes activations in the backward pass (train.grad_checkpoint)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _, base_path, stock_data = prepare(args.base, work)
+        dataset_dir, base_path, stock_data = prepare(args.base, work)
         stock = train_stock(base_path, stock_data, work, args.steps, args.seq, args.batch, args.lr)
-        ours = train_ours(args.base, ROOT / "ai-training", work, args.steps, args.seq, args.batch, args.lr)
-    print(f"base {args.base}, {args.steps} steps, batch {args.batch}, sequence {args.seq}")
-    print(f"{'':14}{'tokens/s':>10}{'peak GB':>10}{'tokens':>10}{'loss':>8}")
+        ours = train_ours(str(base_path) if args.base == MID_SIZE else args.base, ROOT / "ai-training", work,
+                          args.steps, args.seq, args.batch, args.lr, args.grad_checkpoint)
+        for row in (stock, ours):
+            row["validation"] = validation_losses(base_path, Path(row["adapter_dir"]), dataset_dir, args.seq)
+    print(f"base {args.base}, {args.steps} steps, batch {args.batch}, sequence {args.seq}"
+          f"{', mlx-dm with gradient checkpointing' if args.grad_checkpoint else ''}")
+    print(f"{'':14}{'tokens/s':>10}{'peak GB':>10}{'tokens':>10}{'loss':>8}{'val DM':>9}{'val all':>9}")
     for name, row in (("mlx_lm.lora", stock), ("mlx-dm train", ours)):
-        print(f"{name:14}{row['tokens_per_second']:>10.1f}{row['peak_memory_gb']:>10.3f}{row['trained_tokens']:>10}{row['loss']:>8.3f}")
+        val = row["validation"]
+        print(f"{name:14}{row['tokens_per_second']:>10.1f}{row['peak_memory_gb']:>10.3f}{row['trained_tokens']:>10}"
+              f"{row['loss']:>8.3f}{val['dm_tokens']:>9.3f}{val['all_tokens']:>9.3f}")
     print(f"tokens/s ratio (mlx-dm / mlx_lm.lora): {ours['tokens_per_second'] / stock['tokens_per_second']:.2f}  (target >= 1.5)")
     print(f"peak memory ratio (mlx-dm / mlx_lm.lora): {ours['peak_memory_gb'] / stock['peak_memory_gb']:.2f}  (target <= 0.8)")
+    print(f"validation loss on DM tokens, mlx-dm - mlx_lm.lora: {ours['validation']['dm_tokens'] - stock['validation']['dm_tokens']:+.3f}"
+          f"  (target <= 0: not worse); on all tokens: {ours['validation']['all_tokens'] - stock['validation']['all_tokens']:+.3f}")
     print(f"mlx-dm padding fraction: {ours['padding_fraction']:.1%}")
     print(json.dumps({"stock": stock, "mlx_dm": ours}))
 

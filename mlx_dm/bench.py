@@ -74,10 +74,12 @@ def train_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, b
         raise RuntimeError(f"mlx_lm.lora failed:\n{text[-3000:]}")
     report = reports[-1]
     return {"loss": report["train_loss"], "tokens_per_second": report["tokens_per_second"],
-            "peak_memory_gb": report["peak_memory"], "trained_tokens": report["trained_tokens"]}
+            "peak_memory_gb": report["peak_memory"], "trained_tokens": report["trained_tokens"],
+            "adapter_dir": str(work / "stock-adapters")}
 
 
-def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, batch: int, lr: float) -> dict:
+def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, batch: int, lr: float,
+               grad_checkpoint: bool = False) -> dict:
     """`mlx-dm train` in its own process on the same scenarios and LoRA shape (rank 8, scale 2)."""
     project = work / "project"
     project.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,7 @@ def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, bat
         (project / "ai-training").symlink_to(Path(scenarios).resolve(), target_is_directory=True)
     (project / "mlx-dm.toml").write_text(
         f"[train]\nsteps_per_eval = {10 * steps}\nsteps_per_checkpoint = {10 * steps}\nlora_dropout = 0.0\n"
-        f"lora_rank = 8\nlora_alpha = 16.0\nwarmup_fraction = 0.0\n")
+        f"lora_rank = 8\nlora_alpha = 16.0\nwarmup_fraction = 0.0\ngrad_checkpoint = {str(grad_checkpoint).lower()}\n")
     args = [sys.executable, "-m", "mlx_dm", "-C", str(project), "train", "--base", base, "--epochs", "100",
             "--max-steps", str(steps), "--max-seq-length", str(seq), "--batch-size", str(batch),
             "--learning-rate", str(lr), "--no-resume"]
@@ -96,7 +98,24 @@ def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, bat
     result = json.loads((run / "train_state.json").read_text())["result"]
     return {"loss": result["last_train_loss"], "tokens_per_second": result["tokens_per_second"],
             "peak_memory_gb": result["peak_memory_bytes"] / 1e9, "trained_tokens": result["trained_tokens"],
-            "padding_fraction": result["padding_fraction"]}
+            "padding_fraction": result["padding_fraction"], "adapter_dir": result["adapter_dir"]}
+
+
+def validation_losses(base_path: Path, adapter_dir: Path, dataset_dir: Path, seq: int) -> dict[str, float]:
+    """An adapter scored on the validation split the same way whichever trainer made it: mean loss
+    over the Dungeon Master's tokens (what the model is for) and over every token (what stock
+    mlx_lm.lora trains on), float32, windows of ``seq`` tokens."""
+    import dataclasses
+
+    from .model.load import load_model
+    from .train import batching
+    from .train.trainer import evaluate_loss
+
+    loaded = load_model(base_path, adapter_path=Path(adapter_dir), dtype="float32")
+    examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", loaded.tokenizer, seq)
+    every_token = [dataclasses.replace(e, loss_mask=[0] + [1] * (len(e.ids) - 1)) for e in examples]
+    return {"dm_tokens": evaluate_loss(loaded.model, batching.pack(examples, seq), seq, 1),
+            "all_tokens": evaluate_loss(loaded.model, batching.pack(every_token, seq), seq, 1)}
 
 
 def bench_mlx_generation(name: str, base: Path, adapter: Path | None, prompt: str, max_tokens: int,

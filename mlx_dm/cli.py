@@ -259,8 +259,15 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
     from .hardware import fits_without_savings
 
     if (config.model.quantize_base or config.train.grad_checkpoint) and fits_without_savings(detect(), base_path):
-        # The hardware profile assumes Gemma 3n E2B; a small base needs neither saving.
-        config.model.quantize_base = config.train.grad_checkpoint = False
+        # The hardware profile assumes Gemma 3n E2B; a small base needs neither saving, unless
+        # mlx-dm.toml asks for it.
+        from .config import explicit_settings
+
+        chosen = explicit_settings(config.project_dir)
+        if "model.quantize_base" not in chosen:
+            config.model.quantize_base = False
+        if "train.grad_checkpoint" not in chosen:
+            config.train.grad_checkpoint = False
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .runs import Run, attach_log_file, new_run
@@ -311,6 +318,8 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
         probed = result.grad_accumulation > config.train.grad_accumulation  # only the probe raises it
         console.print(f"batch: {result.micro_batch_size} rows per pass × {result.grad_accumulation} accumulated"
                       f"{processes}{' (auto_batch probed the memory)' if probed else ''}")
+    if result.grad_checkpoint and not config.train.grad_checkpoint:
+        console.print("gradient checkpointing: on (one row did not fit the memory budget without it)")
     return result
 
 

@@ -143,6 +143,17 @@ def _apply(section: Any, values: dict[str, Any], where: str) -> None:
         setattr(section, name, value)
 
 
+def explicit_settings(project_dir: str | Path) -> set[str]:
+    """The `section.key` names `mlx-dm.toml` sets itself (not defaults or the hardware profile)."""
+    path = Path(project_dir) / CONFIG_FILE
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return set()  # load_config reports the file
+    return {f"{section}.{key.replace('-', '_')}" for section, table in values.items() if isinstance(table, dict)
+            for key in table}
+
+
 def load_config(
     project_dir: str | Path = ".",
     overrides: dict[str, dict[str, Any]] | None = None,

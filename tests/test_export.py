@@ -157,7 +157,10 @@ def test_next_version_and_snippet(tmp_path):
     placed = PlacedModel("dm", "v2", "Q4_K_M", "assets/models/dm-v2-Q4_K_M.gguf", "assets/models/dm-v2-mmproj.gguf",
                          "0" * 64, 1, "b", "r", "f", 2048, "now")
     snippet = cactus_snippet(placed)
-    assert "CactusVLM.init" in snippet and re.search(r"mmprojPath = `\$\{FileSystem.documentDirectory\}dm-v2-mmproj.gguf`", snippet)
+    assert "CactusVLM.init(vlmConfig" in snippet and "mmproj: mmprojPath" in snippet
+    assert "export const mmprojFile = 'dm-v2-mmproj.gguf';" in snippet
+    assert "require('../assets/models/dm-v2-mmproj.gguf')" in snippet
+    assert re.search(r"mmprojPath = `\$\{FileSystem.documentDirectory\}\$\{mmprojFile\}`", snippet)
 
 
 @pytest.mark.slow

@@ -315,5 +315,23 @@ def test_training_under_a_small_memory_limit_accumulates(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     state = json.loads((run_dirs(project)[-1] / "train_state.json").read_text())
     assert state["micro_batch_size"] == 1 and state["grad_accumulation"] == 4
-    assert [p["rows"] for p in state["batch_probe"]] == [4, 2, 1] and not any(p["fits"] for p in state["batch_probe"])
+    probe = state["batch_probe"]
+    assert [p["rows"] for p in probe] == [4, 2, 1, 4, 2, 1] and not any(p["fits"] for p in probe)
+    # Not even one row fitted, so the probe turned gradient checkpointing on and measured again: less memory.
+    assert [bool(p.get("grad_checkpoint")) for p in probe] == [False] * 3 + [True] * 3 and state["grad_checkpoint"]
+    assert probe[5]["peak_bytes"] < probe[2]["peak_bytes"]
     assert "1 rows per pass × 4 accumulated" in " ".join(result.stdout.split())
+    assert "gradient checkpointing: on" in result.stdout
+
+
+def test_grad_checkpoint_asked_for_in_the_toml_is_kept_for_a_small_base(tmp_path):
+    """The hardware profile's savings are dropped for a base that fits anyway, the user's are not."""
+    from mlx_dm.config import explicit_settings
+
+    project = make_project(tmp_path, n_files=6, extra_toml="grad_checkpoint = true\n")
+    assert {"train.grad_checkpoint", "train.batch_size"} <= explicit_settings(project)
+    result = subprocess.run([sys.executable, "-m", "mlx_dm", "-C", str(project), "train", "--base", "tiny",
+                             "--max-steps", "1", "--no-resume"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = json.loads((run_dirs(project)[-1] / "train_state.json").read_text())
+    assert state["grad_checkpoint"] is True and state["result"]["grad_checkpoint"] is True

@@ -103,7 +103,7 @@ def test_vision_export_places_the_mmproj_and_a_cactus_vlm_config(vision_export):
     models = project / "assets" / "models"
     config = json.loads((models / "cactus-config.json").read_text())
     assert config["loader"] == "CactusVLM" and config["mmprojPath"].endswith("dm-tiny-gemma3n-vision-v1-mmproj.gguf")
-    assert (models / Path(promoted.mmproj_path).name).is_file()
+    assert (models / Path(promoted.mmproj_path).name).is_file() and (project / config["mmprojAsset"]).is_file()
     assert "CactusVLM.init" in (models / "cactus-config.ts").read_text()
 
 
@@ -172,3 +172,14 @@ def test_mmproj_image_embeddings_match_transformers(vision_export):
     assert cosine.min() > 0.9999  # measured: 0.999999 (f16 weights in the mmproj)
     assert np.abs(ours - theirs).max() < 0.05  # measured: 0.005, values of about 0.8 on average
     assert abs(float(np.abs(embeddings).mean()) - float(reference["mean_abs"])) < 1e-3
+
+
+@pytest.mark.slow
+def test_mmproj_beside_a_text_model_of_another_width_fails_the_check_with_llama_cpps_reason(vision_export, tmp_path):
+    from mlx_dm.export.check import check_mmproj
+
+    _, _, result = vision_export
+    narrow = convert_to_gguf(build_tiny_model(tmp_path / "tiny", None), tmp_path / "tiny-f16.gguf")
+    check = check_mmproj(narrow, result.mmproj)
+    assert not check.ok and not check.loads
+    assert "could not load the projector" in check.problems[0] and "n_embd = 64" in check.problems[0]

@@ -106,7 +106,15 @@ class _Block:
     kind: str | None  # keyword kind, or None for a speaker section
     heading: str
     line: int  # line of the heading (1-based); 0 for the preamble
-    body: list[tuple[int, str]] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)  # the section's lines (cleaned: blank lines are "")
+    first: int = 0  # line number of lines[0]
+    skipped: frozenset[int] = frozenset()  # line numbers in the range that belong to no section (titles)
+
+    @property
+    def body(self) -> list[tuple[int, str]]:
+        """(line number, text) of every line of the section."""
+        numbered = zip(range(self.first, self.first + len(self.lines)), self.lines)
+        return [pair for pair in numbered if pair[0] not in self.skipped] if self.skipped else list(numbered)
 
 
 def _split_heading_form(lines: list[str], text: str | None = None) -> tuple[str, list[_Block], list[tuple[int, str]]]:
@@ -147,14 +155,16 @@ def _split_heading_form(lines: list[str], text: str | None = None) -> tuple[str,
             blocks.append(current)
             starts.append(index)
 
-    def numbered(begin: int, end: int) -> list[tuple[int, str]]:
-        pairs = list(zip(range(begin + 1, end + 1), lines[begin:end]))
-        return [pair for pair in pairs if pair[0] - 1 not in dropped] if dropped else pairs
+    skipped = frozenset(index + 1 for index in dropped)
 
-    preamble = numbered(0, starts[0] if starts else len(lines))
+    def section(block: _Block, begin: int, end: int) -> _Block:
+        block.lines, block.first = lines[begin:end], begin + 1
+        block.skipped = frozenset(n for n in skipped if begin < n <= end) if skipped else skipped
+        return block
+
+    preamble = section(_Block(None, "", 0), 0, starts[0] if starts else len(lines)).body
     for number, block in enumerate(blocks):
-        end = starts[number + 1] if number + 1 < len(starts) else len(lines)
-        block.body = numbered(starts[number] + 1, end)
+        section(block, starts[number] + 1, starts[number + 1] if number + 1 < len(starts) else len(lines))
     return title, blocks, preamble
 
 
@@ -176,21 +186,25 @@ def _split_tag_form(text: str) -> list[_Block]:
     for match in _TAG.finditer(text):
         kind = _keyword(match.group(1))
         first_line = text.count("\n", 0, match.start(2)) + 1
-        body = [(first_line + i, line) for i, line in enumerate(match.group(2).split("\n"))]
-        blocks.append(_Block(kind, match.group(1), text.count("\n", 0, match.start()) + 1, body))
+        blocks.append(_Block(kind, match.group(1), text.count("\n", 0, match.start()) + 1,
+                             match.group(2).split("\n"), first_line))
     return blocks
 
 
-def _body_text(body: list[tuple[int, str]]) -> tuple[str, int]:
+def _body_text(block: _Block) -> tuple[str, int]:
     """Text of a section with surrounding blank lines removed, and its first line number."""
-    start, end = 0, len(body)
-    while start < end and not body[start][1].strip():
+    if block.skipped:
+        numbered = block.body
+        lines, numbers = [line for _, line in numbered], [number for number, _ in numbered]
+    else:
+        lines, numbers = block.lines, None
+    start, end = 0, len(lines)
+    while start < end and not lines[start].strip():
         start += 1
-    while end > start and not body[end - 1][1].strip():
+    while end > start and not lines[end - 1].strip():
         end -= 1
-    if start == end:
-        return "", body[0][0] if body else 0
-    return "\n".join(line for _, line in body[start:end]), body[start][0]
+    first = (numbers[start] if numbers else block.first + start) if start < len(lines) else block.first
+    return ("\n".join(lines[start:end]) if start < end else ""), first
 
 
 def parse_member(text: str, line: int) -> PartyMember | None:
@@ -349,7 +363,7 @@ def parse_text(text: str, rel: str) -> ParseResult:
             system_seen = True
             _parse_system(scenario, block.body, rel, problems)
             continue
-        content, first_line = _body_text(block.body)
+        content, first_line = _body_text(block)
         first_line = first_line or block.line
         if not content:
             problems.append(Problem("warning", "empty-section", rel, block.line,

@@ -130,12 +130,17 @@ def encode_image(text_gguf: Path, mmproj: Path, image: np.ndarray) -> tuple[np.n
 
 def check_mmproj(text_gguf: Path, mmproj: Path, expected_tokens: int = 256) -> MmprojCheck:
     """Load ``mmproj`` with mtmd beside the text model and encode :func:`test_image`."""
+    from .gguf import captured_llama_logs
+
     check = MmprojCheck(str(mmproj), False)
+    log: list[str] = []
     try:
-        embeddings, check.encode_seconds = encode_image(text_gguf, mmproj, test_image())
+        with captured_llama_logs(log):
+            embeddings, check.encode_seconds = encode_image(text_gguf, mmproj, test_image())
     except MmprojError as exc:
         check.loads = exc.loaded
-        check.problems.append(str(exc))
+        errors = [line.strip() for line in log if "error" in line.lower()][-3:]
+        check.problems.append(str(exc) + (f" ({' / '.join(errors)})" if errors else ""))
         return check
     check.loads = True
     check.image_tokens, check.embedding_width = embeddings.shape

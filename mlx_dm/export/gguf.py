@@ -171,12 +171,16 @@ def captured_llama_logs(lines: list[str] | None = None):
         if lines is not None:
             lines.append(text.decode("utf-8", "replace"))
 
+    from llama_cpp import mtmd_cpp
+
     callback = llama_cpp.llama_log_callback(collect)
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+    mtmd_cpp.mtmd_log_set(callback, ctypes.c_void_p(0))  # the multimodal library logs on its own
     try:
         yield lines
     finally:
         llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def quiet_llama_logs():

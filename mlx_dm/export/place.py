@@ -230,9 +230,13 @@ def cactus_snippet(placed: PlacedModel) -> str:
     ]
     if placed.mmproj_path:
         mmproj = Path(placed.mmproj_path).name
-        lines += [f"export const mmprojPath = `${{FileSystem.documentDirectory}}{mmproj}`;", "",
-                  f"// CactusVLM.init({{ model: modelPath, mmproj: mmprojPath, n_ctx: {placed.n_ctx}, n_batch: 32, "
-                  "n_gpu_layers: 99, n_threads: 4 }, onProgress)"]
+        lines += [f"export const mmprojFile = '{mmproj}';",
+                  f"export const mmprojAsset = require('../assets/models/{mmproj}');",
+                  "export const mmprojPath = `${FileSystem.documentDirectory}${mmprojFile}`;",
+                  "// Gemma 3n with its vision projector: CactusVLM, not CactusLM.",
+                  f"export const vlmConfig = {{ model: modelPath, mmproj: mmprojPath, n_ctx: {placed.n_ctx}, n_batch: 32, "
+                  "n_gpu_layers: 99, n_threads: 4 };",
+                  "// const lm = await CactusVLM.init(vlmConfig, onProgress);"]
     else:
         lines += ["// Text-only Gemma: no mmproj file, so no mmprojPath. Use CactusLM, not CactusVLM:",
                   f"export const lmConfig = {{ model: modelPath, n_ctx: {placed.n_ctx} }};",
@@ -248,6 +252,7 @@ def write_cactus_config(models_dir: Path, placed: PlacedModel) -> None:
     atomic_write_json(models_dir / "cactus-config.json", {
         "modelFile": placed.file_name, "modelAsset": f"assets/models/{placed.file_name}",
         "modelPath": "${FileSystem.documentDirectory}" + placed.file_name,
+        "mmprojAsset": f"assets/models/{Path(placed.mmproj_path).name}" if placed.mmproj_path else None,
         "mmprojPath": ("${FileSystem.documentDirectory}" + Path(placed.mmproj_path).name) if placed.mmproj_path else None,
         "loader": "CactusVLM" if placed.mmproj_path else "CactusLM",
         "n_ctx": placed.n_ctx, "stop": STOP_WORDS, "sha256": placed.sha256,

@@ -55,6 +55,7 @@ class TrainResult:
     micro_batch_size: int = 1  # rows per forward/backward pass (per process), from the memory probe
     grad_accumulation: int = 1  # micro-batches per optimizer step
     processes: int = 1  # mx.distributed group size
+    grad_checkpoint: bool = False  # activations recomputed in the backward pass (set, or chosen by the probe)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -208,6 +209,15 @@ def step_memory_probe(model, rows: list[batching.PackedRow], length: int) -> Cal
     return measure
 
 
+def enable_grad_checkpoint(model) -> bool:
+    """Recompute each transformer layer's activations in the backward pass (mlx-lm's helper; it
+    patches the layer class, so it stays on for this process)."""
+    from mlx_lm.tuner.trainer import grad_checkpoint
+
+    grad_checkpoint(model.layers[0])
+    return True
+
+
 def choose_micro_batch(measure: Callable[[int], int | None], batch_size: int, budget: int) -> tuple[int, list[dict]]:
     """The largest divisor of ``batch_size`` whose measured step fits ``budget``; gradient
     accumulation over ``batch_size // micro`` micro-batches keeps the effective batch."""
@@ -219,8 +229,6 @@ def choose_micro_batch(measure: Callable[[int], int | None], batch_size: int, bu
         probe.append({"rows": rows, "peak_bytes": peak, "budget_bytes": budget, "fits": fits})
         if fits:
             return rows, probe
-    logger.warning("even one row per step measured %s bytes, over the %s-byte budget; training goes on with one",
-                   probe[-1]["peak_bytes"], budget)
     return 1, probe
 
 
@@ -246,10 +254,9 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     adapter_config = apply_lora(model, config)
     if config.train.init_adapter:
         load_initial_adapter(model, Path(config.train.init_adapter), config)
-    if config.train.grad_checkpoint:
-        from mlx_lm.tuner.trainer import grad_checkpoint
-
-        grad_checkpoint(model.layers[0])
+    checkpointing = config.train.grad_checkpoint
+    if checkpointing:
+        enable_grad_checkpoint(model)
 
     seq = config.train.max_seq_length
     train_examples = batching.load_examples(Path(dataset_dir) / "train.jsonl", tokenizer, seq)
@@ -268,10 +275,20 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     if "micro_batch_size" in earlier:
         # A resumed run keeps the split it started with, so it continues exactly.
         batch_size, accumulation = earlier["micro_batch_size"], earlier["grad_accumulation"]
-    elif config.train.auto_batch and batch_size > 1:
+        if earlier.get("grad_checkpoint") and not checkpointing:
+            checkpointing = enable_grad_checkpoint(model)
+    elif config.train.auto_batch:
         budget = memory_budget(config)
-        measure = step_memory_probe(model, train_rows, length)
-        micro, probe = choose_micro_batch(measure, batch_size, budget)
+        micro, probe = choose_micro_batch(step_memory_probe(model, train_rows, length), batch_size, budget)
+        if not probe[-1]["fits"] and not checkpointing:
+            # Even one row is over the budget: recompute activations in the backward pass (slower,
+            # much less memory) rather than fail or swap.
+            checkpointing = enable_grad_checkpoint(model)
+            micro, more = choose_micro_batch(step_memory_probe(model, train_rows, length), batch_size, budget)
+            probe += [{**row, "grad_checkpoint": True} for row in more]
+        if not probe[-1]["fits"]:
+            logger.warning("even one row per step measured %s bytes, over the %s-byte budget; training goes on with one",
+                           probe[-1]["peak_bytes"], budget)
         if world > 1:  # every process must run the same number of passes per step
             micro = int(mx.distributed.all_min(mx.array([micro]), group=group).item())  # a divisor on every process
         accumulation *= batch_size // micro
@@ -303,7 +320,7 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     best_dir = run_dir / "best"
     run_state = {"key": key, "status": "running", "base": str(base_path), "data_fingerprint": fingerprint,
                  "total_steps": total_steps, "micro_batch_size": batch_size, "grad_accumulation": accumulation,
-                 "processes": world, "batch_probe": probe}
+                 "grad_checkpoint": checkpointing, "processes": world, "batch_probe": probe}
     step, epoch, position = 0, 0, 0
     step_start, micro_count = 0, 0
     best_val, patience_left, best_step = None, config.train.patience, None
@@ -443,7 +460,8 @@ def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_d
     result = TrainResult(run_dir, adapter_dir, step, total_steps, best_val, last_loss, trained_tokens,
                          tokens_this_session / elapsed if elapsed > 0 else 0.0, int(mx.get_peak_memory()),
                          pad_fraction, stopped_early, resumed_from,
-                         sum(e.truncated for e in train_examples + valid_examples), history, batch_size, accumulation, world)
+                         sum(e.truncated for e in train_examples + valid_examples), history, batch_size, accumulation, world,
+                         checkpointing)
     atomic_write_json(run_dir / STATE_FILE, {**run_state, "status": "finished", "step": step,
                                              "result": result.to_dict()})
     plot_loss(run.metrics_path, run_dir / "loss.png")
