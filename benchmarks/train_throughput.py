@@ -9,7 +9,9 @@ gemma3-270m (real weights), or any base `mlx-dm train --base` takes.
 Both train LoRA (rank 8, scale 2, attention + MLP projections of every layer) on the same
 rendered scenarios, same sequence length, batch size and learning rate, for the same number of
 optimizer steps, each in its own process. Both processes get OpenBLAS (mlx_dm/cpu_blas.py), so
-the difference is the trainers'. tokens/s counts real (non-padding) tokens.
+the difference is the trainers'. tokens/s counts real (non-padding) tokens, over the second half
+of the steps (the first half compiles and warms up: bench.warmup_steps). In the same number of
+steps mlx-dm trains more tokens (packed rows); tokens/s and memory are compared, not step counts.
 
 The loss column is each trainer's own training loss: mlx_lm.lora's over every token of the text,
 mlx-dm's over the Dungeon Master's tokens only, so they are not the same quantity. The "val"

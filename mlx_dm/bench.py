@@ -49,6 +49,12 @@ def stock_lora_data(dataset_dir: Path, out: Path) -> Path:
     return out
 
 
+def warmup_steps(steps: int) -> int:
+    """Steps left out of the training tokens/s (compilation, first allocations): the first half of
+    a run of 4 steps or more. mlx_lm.lora reports its last window, mlx-dm its per-step figures."""
+    return steps // 2 if steps >= 4 else 0
+
+
 def train_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, batch: int, lr: float) -> dict:
     """Stock `mlx_lm.lora` in its own process, its own report callback patched to print JSON."""
     config = work / "lora.yaml"
@@ -65,7 +71,7 @@ def train_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, b
         "lora.main()\n")
     args = [sys.executable, "-c", code, "--model", str(base_path), "--train", "--data", str(data), "--iters", str(steps),
             "--batch-size", str(batch), "--max-seq-length", str(seq), "--num-layers", "-1", "--learning-rate", str(lr),
-            "--steps-per-report", str(steps), "--steps-per-eval", str(10 * steps), "--adapter-path",
+            "--steps-per-report", str(steps - warmup_steps(steps)), "--steps-per-eval", str(10 * steps), "--adapter-path",
             str(work / "stock-adapters"), "-c", str(config), "--save-every", str(10 * steps)]
     out = subprocess.run(args, capture_output=True, text=True, cwd=work)
     text = out.stdout + out.stderr
@@ -96,9 +102,21 @@ def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, bat
         raise RuntimeError(f"mlx-dm train failed:\n{(out.stdout + out.stderr)[-3000:]}")
     run = sorted((project / "runs").glob("*-train"))[-1]
     result = json.loads((run / "train_state.json").read_text())["result"]
-    return {"loss": result["last_train_loss"], "tokens_per_second": result["tokens_per_second"],
+    return {"loss": result["last_train_loss"], "tokens_per_second": _steady_tokens_per_second(run / "metrics.jsonl", steps),
             "peak_memory_gb": result["peak_memory_bytes"] / 1e9, "trained_tokens": result["trained_tokens"],
             "padding_fraction": result["padding_fraction"], "adapter_dir": result["adapter_dir"]}
+
+
+def _steady_tokens_per_second(metrics: Path, steps: int) -> float:
+    """Training tokens/s after the warm-up steps, from metrics.jsonl (each step's figure is
+    cumulative and excludes evaluation time)."""
+    rows = [row for row in map(json.loads, metrics.read_text().splitlines()) if "step" in row]
+    tokens = [sum(row["tokens"] for row in rows[:index + 1]) for index in range(len(rows))]
+    seconds = [total / row["tokens_per_second"] for total, row in zip(tokens, rows)]
+    warm = warmup_steps(steps)
+    if not warm:
+        return rows[-1]["tokens_per_second"]
+    return (tokens[-1] - tokens[warm - 1]) / (seconds[-1] - seconds[warm - 1])
 
 
 def validation_losses(base_path: Path, adapter_dir: Path, dataset_dir: Path, seq: int) -> dict[str, float]:

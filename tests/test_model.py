@@ -193,3 +193,61 @@ def test_e2b_shaped_config_has_the_real_size():
     assert text["num_hidden_layers"] - text["num_kv_shared_layers"] == 20
     assert [i for i, t in enumerate(text["layer_types"]) if t == "full_attention"] == [4, 9, 14, 19, 24, 29]
     assert 4.40e9 < parameter_count(E2B_SPEC) < 4.52e9  # "about 4.46B text parameters incl. per-layer embeddings"
+
+
+def _lora_gradients(model, arrays) -> tuple[float, dict]:
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten
+
+    from mlx_dm.train.trainer import loss_fn
+
+    (loss, _), grads = nn.value_and_grad(model, loss_fn)(model, *arrays)
+    return loss.item(), {name: np.array(value) for name, value in tree_flatten(grads)}
+
+
+@pytest.fixture
+def lora_tiny(tiny_dir):
+    from mlx_dm.config import Config
+    from mlx_dm.train import batching
+    from mlx_dm.train.trainer import apply_lora, batch_arrays
+
+    model = load_model(tiny_dir, dtype="float32").model
+    apply_lora(model, Config())
+    rng = np.random.default_rng(1)
+    example = batching.TokenizedExample("a", list(rng.integers(7, 600, 90)), [1] * 90)
+    return model, batch_arrays(batching.make_batch(batching.pack([example], 96), 97))
+
+
+def test_gradient_checkpointing_keeps_gemma3n_gradients_exact(lora_tiny):
+    """Fix 5: checkpointed layers, KV sharing included, give the same loss and LoRA gradients."""
+    from mlx_dm.train.trainer import enable_grad_checkpoint
+
+    model, arrays = lora_tiny
+    loss, plain = _lora_gradients(model, arrays)
+    enable_grad_checkpoint(model)
+    try:
+        checkpointed_loss, checkpointed = _lora_gradients(model, arrays)
+    finally:
+        model.model.language_model.checkpoint_layers = False
+    assert checkpointed_loss == loss and plain.keys() == checkpointed.keys()
+    for name in plain:
+        assert np.allclose(checkpointed[name], plain[name], rtol=1e-5, atol=1e-8), name
+
+
+def test_gradient_checkpointing_fix_is_needed(lora_tiny):
+    """mlx-lm's grad_checkpoint on Gemma 3n: the gradients into the layer whose K/V are shared are wrong."""
+    from mlx_lm.tuner.trainer import grad_checkpoint
+
+    model, arrays = lora_tiny
+    _, plain = _lora_gradients(model, arrays)
+    layer_class = type(model.layers[0])
+    original = layer_class.__call__
+    grad_checkpoint(model.layers[0])
+    try:
+        _, upstream_grads = _lora_gradients(model, arrays)
+    finally:
+        layer_class.__call__ = original
+    owner = model.model.language_model.first_kv_shared_layer_idx - 2  # the last sliding layer before sharing
+    name = f"model.language_model.layers.{owner}.self_attn.k_proj.lora_b"
+    error = np.abs(upstream_grads[name] - plain[name]).max() / np.abs(plain[name]).max()
+    assert error > 0.1, error

@@ -34,6 +34,7 @@ _NONE = re.compile(r"^\s*_?\*?\s*(none|no companions|n/a)\s*\*?_?\s*$", re.IGNOR
 _EMPHASIS = re.compile(r"^[*_`]+|[*_`]+$")
 _LEVEL = re.compile(r"(?i)^level\s+\d+")
 _BLANK_RUN = re.compile(r"\n{3,}")
+_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)  # what str.rstrip() removes from each line
 
 KNOWN_KEYS = ("Role", "World", "Location", "Category", "Tags", "Party")
 
@@ -62,8 +63,9 @@ def clean_text(text: str) -> str:
         text = unicodedata.normalize("NFC", text)
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = "\n".join(line.rstrip() for line in text.split("\n"))
-    text = _BLANK_RUN.sub("\n\n", text)
+    text = _TRAILING_SPACE.sub("", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUN.sub("\n\n", text)
     return toolcalls.normalise_call_quotes(text).strip("\n") + "\n"
 
 
@@ -238,7 +240,7 @@ def _parse_system(scenario: Scenario, body: list[tuple[int, str]], rel: str, pro
     member: PartyMember | None = None
     for lineno, line in body:
         stripped = line.strip()
-        heading = _HEADING.match(line)
+        heading = _HEADING.match(line) if line[:1] == "#" else None
         if heading:
             name = _EMPHASIS.sub("", heading.group(2)).strip()
             lowered = name.lower()
@@ -258,7 +260,7 @@ def _parse_system(scenario: Scenario, body: list[tuple[int, str]], rel: str, pro
             if mode in ("main", "other"):
                 prompt_lines.append("")
             continue
-        bullet = _BULLET.match(line)
+        bullet = _BULLET.match(line) if stripped[0] in "-*+" else None
         if mode == "party_list" and not bullet:
             mode = "main"
         if mode in ("party", "member", "party_list") and _NONE.match(stripped.strip("-* ")):

@@ -16,6 +16,11 @@
 4. Gemma 3 text (mlx_lm/models/gemma3_text.py) has no way to pass an attention mask, so packed
    training rows would attend across scenarios. Not a bug upstream, an extension: the same
    optional ``mask=`` argument as Gemma 3n's, applied to full and (windowed) sliding layers.
+5. Gradient checkpointing. mlx-lm's `grad_checkpoint` passes a layer's cache object into
+   `mx.checkpoint` as a constant; with fix 1 the shared layers read their K/V through it, so the
+   gradient never flows back through the K/V of the layers they share with, and every gradient
+   below is wrong (on the tiny model: up to 95% off). `language_model.checkpoint_layers = True`
+   checkpoints each layer with the shared K/V as explicit inputs and outputs (exact gradients).
 
 `apply()` is idempotent; `is_applied()` says whether the running process has it.
 """
@@ -49,6 +54,30 @@ class PassThroughKVCache:
         if self._keys is None:
             raise RuntimeError("a KV-shared layer ran before the layer that owns its K/V")
         return self._keys, self._values
+
+
+def _checkpointed_layer(layer, h: mx.array, mask: Any, cache: PassThroughKVCache, per_layer_input: mx.array,
+                        offset: int) -> mx.array:
+    """One Gemma 3n decoder layer under gradient checkpointing (fix 5), with KV sharing kept
+    differentiable: the K/V a layer stores for the shared layers, and the K/V a shared layer reads,
+    pass through the checkpoint as arrays. mlx-lm's grad_checkpoint hands the cache object in as a
+    constant, so the shared layers' gradient never reaches the layers that computed their K/V, and
+    every gradient below them is wrong (tests/test_model.py shows it)."""
+    shared = layer.self_attn.is_kv_shared_layer
+
+    def run(params, hidden, layer_input, *kv):
+        layer.update(params)
+        local = PassThroughKVCache()
+        if kv:
+            local._keys, local._values = kv
+        out = layer(hidden, mask, local, layer_input, offset=offset)
+        return (out,) if shared else (out, local._keys, local._values)
+
+    kv = cache.keys_and_values() if shared else ()
+    outputs = mx.checkpoint(run)(layer.trainable_parameters(), h, per_layer_input, *kv)
+    if not shared:
+        cache._keys, cache._values = outputs[1], outputs[2]
+    return outputs[0]
 
 
 def _magnitude(x: mx.array) -> mx.array:
@@ -93,7 +122,11 @@ def language_model_call(self, inputs: mx.array = None, cache: Any = None, input_
     for i, layer in enumerate(self.layers):
         per_layer_input = per_layer_inputs[:, :, i, :]
         layer_mask = global_mask if self.config.layer_types[i] == "full_attention" else sliding_window_mask
-        h = layer(h, layer_mask, cache[self.layer_idx_to_cache_idx[i]], per_layer_input, offset=offset)
+        layer_cache = cache[self.layer_idx_to_cache_idx[i]]
+        if getattr(self, "checkpoint_layers", False) and isinstance(layer_cache, PassThroughKVCache):
+            h = _checkpointed_layer(layer, h, layer_mask, layer_cache, per_layer_input, offset)
+        else:
+            h = layer(h, layer_mask, layer_cache, per_layer_input, offset=offset)
 
     target_magnitude = mx.mean(h[0] ** 2, axis=-1, keepdims=True) ** 0.5
     for i, proj in enumerate(self.altup_unembed_projections):

@@ -210,8 +210,12 @@ def step_memory_probe(model, rows: list[batching.PackedRow], length: int) -> Cal
 
 
 def enable_grad_checkpoint(model) -> bool:
-    """Recompute each transformer layer's activations in the backward pass (mlx-lm's helper; it
-    patches the layer class, so it stays on for this process)."""
+    """Recompute each transformer layer's activations in the backward pass. Gemma 3n uses
+    patches' KV-sharing-aware version; other models mlx-lm's helper (it patches the layer class,
+    so it stays on for this process)."""
+    if model.model_type == "gemma3n":
+        model.model.language_model.checkpoint_layers = True
+        return True
     from mlx_lm.tuner.trainer import grad_checkpoint
 
     grad_checkpoint(model.layers[0])
