@@ -99,8 +99,11 @@ def test_vision_export_places_the_mmproj_and_a_cactus_vlm_config(vision_export):
     project, _, result = vision_export
     placed = result.placed
     assert placed.mmproj_path and (project / placed.mmproj_path).is_file()
+    assert placed.mmproj_size_bytes == result.mmproj.stat().st_size and len(placed.mmproj_sha256) == 64
     promoted = promote(project, placed.version)
     models = project / "assets" / "models"
+    manifest = json.loads((models / "manifest.json").read_text())["current"]
+    assert manifest["mmproj_sha256"] == placed.mmproj_sha256 and manifest["mmproj_size_bytes"] > 0
     config = json.loads((models / "cactus-config.json").read_text())
     assert config["loader"] == "CactusVLM" and config["mmprojPath"].endswith("dm-tiny-gemma3n-vision-v1-mmproj.gguf")
     assert (models / Path(promoted.mmproj_path).name).is_file() and (project / config["mmprojAsset"]).is_file()

@@ -37,6 +37,8 @@ class PlacedModel:
     data_fingerprint: str
     n_ctx: int
     created: str
+    mmproj_sha256: str | None = None
+    mmproj_size_bytes: int = 0
 
     @property
     def file_name(self) -> str:
@@ -96,6 +98,9 @@ def stage(gguf: Path, project_dir: Path, name: str, quant: str, base_model: str,
                          str((folder / mmproj_name).relative_to(project_dir)) if mmproj_name else None,
                          sha256_of(stored), stored.stat().st_size, base_model, run, data_fingerprint, n_ctx,
                          time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if mmproj_name:
+        placed.mmproj_sha256 = sha256_of(folder / mmproj_name)
+        placed.mmproj_size_bytes = (folder / mmproj_name).stat().st_size
     update_version(project_dir, placed, status="candidate")
     return placed
 
@@ -130,7 +135,8 @@ def find_version(project_dir: Path, version: str) -> dict:
 
 
 def _placed(entry: dict) -> PlacedModel:
-    return PlacedModel(**{f.name: entry[f.name] for f in fields(PlacedModel)})
+    # A manifest written by an older mlx-dm lacks the newer fields (they have defaults).
+    return PlacedModel(**{f.name: entry[f.name] for f in fields(PlacedModel) if f.name in entry})
 
 
 def promote(project_dir: Path, version: str) -> PlacedModel:
