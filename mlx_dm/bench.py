@@ -9,6 +9,7 @@ Each measurement has a warm-up, then `repetitions` runs; the report gives median
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import subprocess
@@ -111,7 +112,7 @@ def _steady_tokens_per_second(metrics: Path, steps: int) -> float:
     """Training tokens/s after the warm-up steps, from metrics.jsonl (each step's figure is
     cumulative and excludes evaluation time)."""
     rows = [row for row in map(json.loads, metrics.read_text().splitlines()) if "step" in row]
-    tokens = [sum(row["tokens"] for row in rows[:index + 1]) for index in range(len(rows))]
+    tokens = list(itertools.accumulate(row["tokens"] for row in rows))
     seconds = [total / row["tokens_per_second"] for total, row in zip(tokens, rows)]
     warm = warmup_steps(steps)
     if not warm:

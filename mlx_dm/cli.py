@@ -17,6 +17,7 @@ from . import __version__
 from .config import Config, load_config
 from .errors import MlxDmError
 from .hardware import GIB, detect, recommend_profile
+from .model.hub import TINY, TINY_VISION
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -325,6 +326,7 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
 
 # Options shared by `train` and `run`; None means "from the profile, then mlx-dm.toml".
 BASE_OPTION = typer.Option(None, "--base", help="Base model: a Hugging Face repo id, a local folder, 'tiny', 'tiny-vision' (with vision and audio towers), or 'gemma3-270m' (real weights, optional package).")
+TINY_BASES = (TINY, TINY_VISION)  # the built-in offline models
 VISION_OPTION = typer.Option(False, "--vision", help="Also write the vision projector (mmproj) for CactusVLM; needs a base with its vision tower (same as model.vision in mlx-dm.toml).")
 DEV_OPTION = typer.Option(False, "--dev", help="The built-in tiny offline Gemma 3n with a short schedule.")
 EPOCHS_OPTION = typer.Option(None, "--epochs", min=1, help="Passes over the training split (train.epochs).")
@@ -432,7 +434,7 @@ def default_quant(base_path: Path) -> str:
 
 
 def model_name(base_model: str) -> str:
-    if base_model in ("tiny", "tiny-vision"):
+    if base_model in TINY_BASES:
         return "dm-" + base_model.replace("tiny", "tiny-gemma3n")
     if base_model == "gemma3-270m":
         return "dm-gemma3-270m"
@@ -498,7 +500,7 @@ def export_command(
     config = _config(validate={"n_ctx": n_ctx})
     adapter_dir = adapter or _latest_adapter(config)
     base_path = _base_for_adapter(config, adapter_dir, base)
-    if config.model.base_model in ("tiny", "tiny-vision"):
+    if config.model.base_model in TINY_BASES:
         apply_dev_validation(config)
     result = run_export(config, base_path, adapter_dir, quant or default_quant(base_path), n_ctx,
                         vision or config.model.vision, size_budget)
