@@ -62,13 +62,16 @@ def test_export_report_parity_and_checks(exported):
         assert check["loads"] and check["architecture"] == "gemma3n"
         assert check["chat_template_matches"] and check["has_end_of_turn"] and check["problems"] == []
     f16_parity, q_parity = report["parity"]
-    # The f16 file holds the trained weights: position-by-position it predicts what MLX predicts.
-    assert f16_parity["argmax_agreement"] >= 0.85
-    # Once MLX uses llama.cpp's sample-std sparsity, what is left is f16 arithmetic, amplified on the
-    # tiny model by the sparsity cut-off (a threshold: an f16 rounding can flip which activations
-    # pass). Measured: under 0.6 on the CI machine of session 3; 0.88 on session 4's machine with
-    # the same code (and 0 of 2 greedy continuations equal): llama.cpp is compiled for the host CPU.
-    assert f16_parity["llama_cpp_std_max_logit_diff"] < 1.0
+    # The f16 file holds the trained weights: it predicts what MLX predicts, and writes what MLX writes.
+    assert f16_parity["argmax_agreement"] >= 0.97
+    assert f16_parity["max_logit_diff"] < 0.2  # measured: 0.04 over 8 scenario prompts
+    # Greedy continuations are equal (measured: all of them). Two correct implementations that round
+    # differently can only part where MLX's top two logits are closer than the measured difference:
+    # such a tie is reported, and tolerated, never anything else.
+    for divergence in f16_parity["greedy_divergences"]:
+        assert divergence["mlx_margin"] < f16_parity["max_logit_diff"], divergence
+    # What is left once MLX uses llama.cpp's sample-std sparsity cut-off is f16 arithmetic.
+    assert f16_parity["llama_cpp_std_max_logit_diff"] < 0.1  # measured: 0.02
     assert f16_parity["llama_cpp_std_max_logit_diff"] < f16_parity["max_logit_diff"]
     assert (run / "export" / "export-report.md").read_text().count("|") > 20
 

@@ -38,6 +38,9 @@ class Parity:
     greedy_equal: int  # free-running greedy continuations identical to MLX's
     greedy_total: int
     llama_cpp_std_max_logit_diff: float | None = None  # MLX with llama.cpp's sample-std sparsity
+    # Where a greedy continuation left MLX's: sequence, token index, and MLX's top-1 minus top-2
+    # logit there (a margin under max_logit_diff is a near tie that any rounding may flip).
+    greedy_divergences: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,6 +219,7 @@ class MlxReference:
     logits: list[np.ndarray]
     sample_std_logits: list[np.ndarray]  # with llama.cpp's sparsity convention
     greedy: list[list[int]]
+    greedy_margins: list[list[float]]  # top-1 minus top-2 logit at each greedy step
 
     @property
     def greedy_tokens(self) -> int:
@@ -227,7 +231,7 @@ def mlx_reference(model, sequences: list[tuple[list[int], int]], greedy_tokens: 
     import mlx.core as mx
     from mlx_lm.models.cache import make_prompt_cache
 
-    logits, sample_std_logits, greedy = [], [], []
+    logits, sample_std_logits, greedy, margins = [], [], [], []
     for ids, reply_start in sequences:
         logits.append(np.array(model(mx.array([ids]))[0], dtype=np.float32))
         with llama_cpp_sparsity_std():
@@ -235,11 +239,15 @@ def mlx_reference(model, sequences: list[tuple[list[int], int]], greedy_tokens: 
         cache = make_prompt_cache(model)
         step = model(mx.array([ids[:reply_start]]), cache=cache)
         tokens: list[int] = []
+        gaps: list[float] = []
         for _ in range(greedy_tokens):
+            top_two = np.sort(np.array(step[0, -1], dtype=np.float32))[-2:]
             tokens.append(int(step[0, -1].argmax()))
+            gaps.append(float(top_two[1] - top_two[0]))
             step = model(mx.array([[tokens[-1]]]), cache=cache)
         greedy.append(tokens)
-    return MlxReference(sequences, logits, sample_std_logits, greedy)
+        margins.append(gaps)
+    return MlxReference(sequences, logits, sample_std_logits, greedy, margins)
 
 
 def parity(reference: MlxReference, gguf: Path) -> Parity:
@@ -249,9 +257,9 @@ def parity(reference: MlxReference, gguf: Path) -> Parity:
     n_ctx = max(len(ids) for ids, _ in sequences) + greedy_tokens + 8
     llm = open_gguf(gguf, n_ctx=n_ctx, logits_all=True)
     diffs, agree, positions, greedy_equal = [], 0, 0, 0
-    sample_std_diffs = []
-    for (ids, reply_start), ours, matched, mine in zip(sequences, reference.logits, reference.sample_std_logits,
-                                                       reference.greedy):
+    sample_std_diffs, divergences = [], []
+    for index, (ids, reply_start) in enumerate(sequences):
+        ours, matched, mine = reference.logits[index], reference.sample_std_logits[index], reference.greedy[index]
         llm.reset()
         llm.eval(ids)
         theirs = np.array(llm.scores[: len(ids)], dtype=np.float32)[:, : ours.shape[-1]]
@@ -268,7 +276,11 @@ def parity(reference: MlxReference, gguf: Path) -> Parity:
             if len(theirs_greedy) == greedy_tokens:
                 break
         greedy_equal += int(mine == theirs_greedy)
+        if mine != theirs_greedy:
+            at = next(i for i, (a, b) in enumerate(zip(mine, theirs_greedy + [-1] * len(mine))) if a != b)
+            divergences.append({"sequence": index, "token": at, "mlx_margin": reference.greedy_margins[index][at]})
     llm.close()
     all_diffs = np.concatenate(diffs) if diffs else np.zeros(1)
     return Parity(str(gguf), len(sequences), positions, agree / max(positions, 1), float(all_diffs.max()),
-                  float(all_diffs.mean()), greedy_equal, len(sequences), max(sample_std_diffs, default=None))
+                  float(all_diffs.mean()), greedy_equal, len(sequences), max(sample_std_diffs, default=None),
+                  divergences)
