@@ -76,6 +76,36 @@ def test_export_report_parity_and_checks(exported):
     assert (run / "export" / "export-report.md").read_text().count("|") > 20
 
 
+def test_f32_gguf_computes_the_mlx_graph_up_to_llama_cpps_conventions(tmp_path):
+    """The converted graph is the trained one: an f32 GGUF with an f32 KV cache matches MLX to float32
+    rounding once MLX uses llama.cpp's two numeric conventions, and those conventions are what
+    separates them otherwise (so the check would see a real difference)."""
+    import mlx.core as mx
+    import numpy as np
+    from llama_cpp import Llama
+
+    from mlx_dm.export.check import llama_cpp_numerics
+    from mlx_dm.export.gguf import convert_to_gguf
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")
+    gguf = convert_to_gguf(base, tmp_path / "tiny-f32.gguf", "f32")
+    loaded = load_model(base, dtype="float32")
+    text = ("<bos><start_of_turn>user\nYou enter the dark cave. What do you see?<end_of_turn>\n<start_of_turn>model\n"
+            "The cave walls glitter with damp stone and a goblin watches you. It hisses and draws a rusty blade.")
+    ids = loaded.tokenizer.encode(text, add_special_tokens=False)
+    plain = np.array(loaded.model(mx.array([ids]))[0], dtype=np.float32)
+    with llama_cpp_numerics():
+        matched = np.array(loaded.model(mx.array([ids]))[0], dtype=np.float32)
+    llm = Llama(str(gguf), n_ctx=256, logits_all=True, verbose=False, type_k=0, type_v=0)  # 0: GGML_TYPE_F32
+    llm.eval(ids)
+    theirs = np.array(llm.scores[: len(ids)], dtype=np.float32)[:, : plain.shape[-1]]
+    llm.close()
+    assert np.abs(matched - theirs).max() < 0.01  # measured: 0.002
+    assert np.abs(plain - theirs).max() > 2 * np.abs(matched - theirs).max()  # measured: 0.032
+
+
 @pytest.mark.slow
 def test_second_export_adds_a_version_and_keeps_the_first(exported):
     project, _ = exported

@@ -211,6 +211,35 @@ def llama_cpp_sparsity_std():
         gemma3n.gelu_topk = original
 
 
+@contextlib.contextmanager
+def llama_cpp_gelu_table():
+    """Diagnosis only: GELU as llama.cpp's CPU backend computes it, from a table indexed by the
+    input rounded to f16, giving an f16 value (ggml-cpu/vec.h, GGML_GELU_FP16); exact outside
+    [-10, 10]."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    original = nn.gelu_approx
+
+    def table_gelu(inputs):
+        rounded = original(inputs.astype(mx.float16).astype(inputs.dtype)).astype(mx.float16).astype(inputs.dtype)
+        return mx.where(inputs <= -10, 0, mx.where(inputs >= 10, inputs, rounded))
+
+    nn.gelu_approx = table_gelu
+    try:
+        yield
+    finally:
+        nn.gelu_approx = original
+
+
+@contextlib.contextmanager
+def llama_cpp_numerics():
+    """Both of llama.cpp's deliberate numeric differences from the reference, for checking that a
+    GGUF computes the trained graph: with them, an f32 GGUF must match MLX to float32 rounding."""
+    with llama_cpp_sparsity_std(), llama_cpp_gelu_table():
+        yield
+
+
 @dataclass
 class MlxReference:
     """What the MLX model says for each sequence, computed once and compared with every GGUF."""
