@@ -4,7 +4,9 @@
 
 --base: tiny, gemma3n-mid (a mid-size Gemma 3n with random weights, built here: the tiny model's
 real tokenizer, E2B's head width, 1024 wide, MLP 4096, 22 layers; 0.37B parameters; float32 for
-both trainers),
+both trainers), gemma3n-mid-e2b-vocab (the same with E2B's 262,400-entry output vocabulary, of
+which the tokenizer uses 640: the output head is a large share of a real E2B training step, and
+the 640-entry head hides it; 0.64B parameters),
 gemma3-270m (real weights), or any base `mlx-dm train --base` takes.
 
 Both train LoRA (rank 8, scale 2, attention + MLP projections of every layer) on the same
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from mlx_dm.bench import train_ours, train_stock, validation_losses
@@ -33,13 +36,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 MID_SIZE = "gemma3n-mid"
+MID_SIZE_E2B_VOCAB = "gemma3n-mid-e2b-vocab"
+E2B_VOCAB = 262_400
 
 
-def mid_size_spec():
+def mid_size_spec(e2b_vocab: bool = False):
     from mlx_dm.model.tiny import TinySpec
 
-    return TinySpec(hidden_size=1024, intermediate_size=4096, num_attention_heads=4, num_key_value_heads=1,
+    spec = TinySpec(hidden_size=1024, intermediate_size=4096, num_attention_heads=4, num_key_value_heads=1,
                     head_dim=256, sliding_window=512)
+    return replace(spec, extra_vocab=E2B_VOCAB - spec.vocab) if e2b_vocab else spec
 
 
 def float32_copy(checkpoint: Path, out: Path) -> Path:
@@ -71,9 +77,9 @@ def prepare(base: str, work: Path) -> tuple[Path, Path, Path]:
     config = load_config(ROOT)
     config.data.dataset_dir = str(work / "dataset")
     _, dataset_dir = build_dataset_from_config(config, ROOT / "ai-training")
-    if base == MID_SIZE:
-        base_path = float32_copy(build_tiny_model(ROOT / ".mlx-dm" / "models" / MID_SIZE, ROOT / "ai-training",
-                                                  mid_size_spec()), work / f"{MID_SIZE}-f32")
+    if base in (MID_SIZE, MID_SIZE_E2B_VOCAB):
+        base_path = float32_copy(build_tiny_model(ROOT / ".mlx-dm" / "models" / base, ROOT / "ai-training",
+                                                  mid_size_spec(base == MID_SIZE_E2B_VOCAB)), work / f"{base}-f32")
     else:
         base_path = resolve_base(base, ROOT, ROOT / "ai-training")
     return dataset_dir, base_path, stock_lora_data(dataset_dir, work / "stock-data")
@@ -93,7 +99,7 @@ def main() -> None:
         work = Path(tmp)
         dataset_dir, base_path, stock_data = prepare(args.base, work)
         stock = train_stock(base_path, stock_data, work, args.steps, args.seq, args.batch, args.lr)
-        ours = train_ours(str(base_path) if args.base == MID_SIZE else args.base, ROOT / "ai-training", work,
+        ours = train_ours(str(base_path) if args.base in (MID_SIZE, MID_SIZE_E2B_VOCAB) else args.base, ROOT / "ai-training", work,
                           args.steps, args.seq, args.batch, args.lr, args.grad_checkpoint)
         for row in (stock, ours):
             row["validation"] = validation_losses(base_path, Path(row["adapter_dir"]), dataset_dir, args.seq)

@@ -6,6 +6,7 @@ Memory figures come from the OS and from MLX's own memory APIs, never from guess
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import shutil
@@ -168,12 +169,31 @@ def checkpoint_bytes(folder) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
 
 
+def float32_bytes(folder) -> int:
+    """Bytes of the checkpoint's weights once in float32, from the safetensors headers (no weights
+    read): a float32 checkpoint stays its size, a bfloat16 one doubles. Packed quantised tensors
+    (integer types) count at twice their stored size."""
+    import json
+    import struct
+    from pathlib import Path
+
+    total = 0
+    for shard in sorted(Path(folder).glob("*.safetensors")):
+        with open(shard, "rb") as handle:
+            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            total += 2 * (end - start) if info["dtype"][0] in "IU" else 4 * math.prod(info["shape"])
+    return total
+
+
 def fits_without_savings(hw: Hardware, base_folder) -> bool:
     """True when the base in float32 takes under a quarter of the memory MLX may use: then a 4-bit
     base and gradient checkpointing only cost time (and MLX's quantised matmuls are slow on CPUs)."""
     budget = hw.mlx_memory_limit_bytes or hw.total_memory_bytes
-    stored = checkpoint_bytes(base_folder)
-    return 0 < stored * 2 < budget / 4  # *2: a bf16 checkpoint doubles in float32
+    return 0 < float32_bytes(base_folder) < budget / 4
 
 
 def recommend_profile(hw: Hardware) -> TrainingProfile:

@@ -335,3 +335,26 @@ def test_grad_checkpoint_asked_for_in_the_toml_is_kept_for_a_small_base(tmp_path
     assert result.returncode == 0, result.stdout + result.stderr
     state = json.loads((run_dirs(project)[-1] / "train_state.json").read_text())
     assert state["grad_checkpoint"] is True and state["result"]["grad_checkpoint"] is True
+
+
+def test_float32_size_is_read_from_the_headers_whatever_the_stored_dtype(tmp_path):
+    """A float32 checkpoint is not counted twice: the profile once put a 2.5 GB float32 base on a
+    4-bit copy (MLX's 4-bit CPU matmuls made each step 15x slower) because its size was doubled."""
+    import mlx.core as mx
+
+    from mlx_dm.hardware import float32_bytes, fits_without_savings
+
+    weights = {"a": mx.zeros((1000, 250)), "b": mx.zeros((10,))}
+    for dtype in (mx.float32, mx.bfloat16):
+        folder = tmp_path / str(dtype)
+        folder.mkdir()
+        mx.save_safetensors(str(folder / "model.safetensors"), {k: v.astype(dtype) for k, v in weights.items()})
+        assert float32_bytes(folder) == 4 * (1000 * 250 + 10)
+    import dataclasses
+
+    from mlx_dm.hardware import detect
+
+    quarter = 4 * (1000 * 250 + 10)
+    assert fits_without_savings(dataclasses.replace(detect(), mlx_memory_limit_bytes=4 * quarter + 4), tmp_path / str(mx.float32))
+    assert not fits_without_savings(dataclasses.replace(detect(), mlx_memory_limit_bytes=4 * quarter - 4),
+                                    tmp_path / str(mx.float32))
