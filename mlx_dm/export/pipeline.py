@@ -188,7 +188,8 @@ def write_report(work_dir: Path, result: ExportResult, metadata: dict) -> None:
                      f"{p.mean_logit_diff:.4f} | {p.greedy_equal}/{p.greedy_total} | {p.llama_cpp_std_max_logit_diff:.4f} |")
     for p in result.parity:
         for d in p.greedy_divergences:
-            near_tie = "a near tie" if d["mlx_margin"] < p.max_logit_diff else "not a tie: look into it"
+            near_tie = ("a near tie" if d["mlx_margin"] < p.max_logit_diff else
+                        "quantisation drift" if p.gguf != str(result.f16_gguf) else "not a tie: look into it")
             lines.append(f"- {Path(p.gguf).name}: greedy continuation {d['sequence'] + 1} left MLX's at token "
                          f"{d['token'] + 1}, where MLX's top two logits were {d['mlx_margin']:.4f} apart ({near_tie})")
     lines += ["", "llama.cpp computes Gemma 3n's activation-sparsity cut-off with the sample standard deviation "
