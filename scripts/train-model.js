@@ -103,10 +103,16 @@ function main() {
   const [cmd, cmdArgs] = pytest
     ? [venvBin(venv, 'python'), ['-m', 'pytest', ...args.slice(1)]]
     : [venvBin(venv, 'mlx-dm'), args];
-  const child = spawn(cmd, cmdArgs, { stdio: 'inherit', cwd: process.cwd() });
-  const forward = (signal) => () => { if (!child.killed) child.kill(signal); };
+  // Handlers first: the child can start and the user press Ctrl-C before the line after spawn()
+  // runs (seen on a loaded 2-core machine), and node's default would then kill only node.
+  let child = null;
+  const forward = (signal) => () => {
+    if (!child) process.exit(128 + os.constants.signals[signal]);
+    if (!child.killed) child.kill(signal);
+  };
   process.on('SIGINT', forward('SIGINT'));
   process.on('SIGTERM', forward('SIGTERM'));
+  child = spawn(cmd, cmdArgs, { stdio: 'inherit', cwd: process.cwd() });
   child.on('error', (err) => fail(`could not start ${cmd}: ${err.message}`, 'delete the .venv folder and run again', 9));
   child.on('exit', (code, signal) => {
     if (signal) process.exit(128 + (os.constants.signals[signal] || 1));
