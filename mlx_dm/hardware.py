@@ -173,20 +173,10 @@ def float32_bytes(folder) -> int:
     """Bytes of the checkpoint's weights once in float32, from the safetensors headers (no weights
     read): a float32 checkpoint stays its size, a bfloat16 one doubles. Packed quantised tensors
     (integer types) count at twice their stored size."""
-    import json
-    import struct
-    from pathlib import Path
+    from .model.hub import safetensors_headers
 
-    total = 0
-    for shard in sorted(Path(folder).glob("*.safetensors")):
-        with open(shard, "rb") as handle:
-            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = info["data_offsets"]
-            total += 2 * (end - start) if info["dtype"][0] in "IU" else 4 * math.prod(info["shape"])
-    return total
+    return sum(2 * (info["data_offsets"][1] - info["data_offsets"][0]) if info["dtype"][0] in "IU"
+               else 4 * math.prod(info["shape"]) for info in safetensors_headers(folder).values())
 
 
 def fits_without_savings(hw: Hardware, base_folder) -> bool:

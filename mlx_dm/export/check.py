@@ -270,9 +270,10 @@ def mlx_reference(model, sequences: list[tuple[list[int], int]], greedy_tokens: 
         tokens: list[int] = []
         gaps: list[float] = []
         for _ in range(greedy_tokens):
-            top_two = np.sort(np.array(step[0, -1], dtype=np.float32))[-2:]
-            tokens.append(int(step[0, -1].argmax()))
-            gaps.append(float(top_two[1] - top_two[0]))
+            row = np.array(step[0, -1], dtype=np.float32)
+            second, first = np.partition(row, -2)[-2:]
+            tokens.append(int(row.argmax()))
+            gaps.append(float(first - second))
             step = model(mx.array([[tokens[-1]]]), cache=cache)
         greedy.append(tokens)
         margins.append(gaps)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.metadata
-import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -68,12 +66,9 @@ MMPROJ_CARRIED_FILES = ("config.json", "preprocessor_config.json", "processor_co
 
 def tensor_names(checkpoint: Path) -> list[str]:
     """Tensor names of a safetensors checkpoint, read from the file headers (no weights loaded)."""
-    names = []
-    for shard in sorted(Path(checkpoint).glob("*.safetensors")):
-        with open(shard, "rb") as handle:
-            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
-        names += [name for name in header if name != "__metadata__"]
-    return names
+    from ..model.hub import safetensors_headers
+
+    return list(safetensors_headers(checkpoint))
 
 
 def has_vision_tower(checkpoint: Path) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import struct
 from pathlib import Path
 
 from ..errors import ModelError
@@ -18,6 +19,17 @@ KNOWN_BASES = {
 }
 # What a text DM needs; the towers' weights live in the same safetensors shards.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
+
+
+def safetensors_headers(checkpoint: Path) -> dict[str, dict]:
+    """Every tensor's dtype, shape and byte range in a checkpoint's safetensors shards, read from the
+    file headers (no weights loaded)."""
+    tensors = {}
+    for shard in sorted(Path(checkpoint).glob("*.safetensors")):
+        with open(shard, "rb") as handle:
+            header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+        tensors.update((name, info) for name, info in header.items() if name != "__metadata__")
+    return tensors
 
 
 def resolve_base(name: str, project_dir: Path, scenarios_dir: Path | None = None) -> Path:
