@@ -4,13 +4,15 @@
 
 --base: tiny, gemma3n-mid (a mid-size Gemma 3n with random weights, built here: the tiny model's
 real tokenizer, E2B's head width, 1024 wide, MLP 4096, 22 layers; 0.37B parameters; float32 for
-both trainers), gemma3n-mid-e2b-vocab (the same with E2B's 262,400-entry output vocabulary, of
-which the tokenizer uses 640: the output head is a large share of a real E2B training step, and
-the 640-entry head hides it; 0.64B parameters),
+both trainers), gemma3n-mid-e2b-vocab (the same with E2B's vocabularies: 262,400 entries in the
+output head and 262,144 rows in the per-layer embedding table, of which the tokenizer uses 640.
+In a real E2B the head is a large share of a training step and the per-layer table the largest
+tensor; the 640-entry model hides both. 2.1B parameters, 8.4 GB in float32),
 gemma3-270m (real weights), or any base `mlx-dm train --base` takes.
 
 Both train LoRA (rank 8, scale 2, attention + MLP projections of every layer) on the same
-rendered scenarios, same sequence length, batch size and learning rate, for the same number of
+rendered scenarios, same sequence length, batch size and learning-rate schedule (cosine decay
+from --lr, no warm-up), for the same number of
 optimizer steps, each in its own process. Both processes get OpenBLAS (mlx_dm/cpu_blas.py), so
 the difference is the trainers'. tokens/s counts real (non-padding) tokens, over the second half
 of the steps (the first half compiles and warms up: bench.warmup_steps). In the same number of
@@ -38,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MID_SIZE = "gemma3n-mid"
 MID_SIZE_E2B_VOCAB = "gemma3n-mid-e2b-vocab"
 E2B_VOCAB = 262_400
+E2B_PER_LAYER_VOCAB = 262_144
 
 
 def mid_size_spec(e2b_vocab: bool = False):
@@ -45,7 +48,7 @@ def mid_size_spec(e2b_vocab: bool = False):
 
     spec = TinySpec(hidden_size=1024, intermediate_size=4096, num_attention_heads=4, num_key_value_heads=1,
                     head_dim=256, sliding_window=512)
-    return replace(spec, extra_vocab=E2B_VOCAB - spec.vocab) if e2b_vocab else spec
+    return replace(spec, extra_vocab=E2B_VOCAB - spec.vocab, per_layer_vocab=E2B_PER_LAYER_VOCAB) if e2b_vocab else spec
 
 
 def float32_copy(checkpoint: Path, out: Path) -> Path:
@@ -103,19 +106,22 @@ def main() -> None:
                           args.steps, args.seq, args.batch, args.lr, args.grad_checkpoint)
         for row in (stock, ours):
             row["validation"] = validation_losses(base_path, Path(row["adapter_dir"]), dataset_dir, args.seq)
+        base_validation = validation_losses(base_path, None, dataset_dir, args.seq)
     print(f"base {args.base}, {args.steps} steps, batch {args.batch}, sequence {args.seq}"
           f"{', mlx-dm with gradient checkpointing' if args.grad_checkpoint else ''}")
-    print(f"{'':14}{'tokens/s':>10}{'peak GB':>10}{'tokens':>10}{'loss':>8}{'val DM':>9}{'val all':>9}")
+    print(f"{'':14}{'tokens/s':>10}{'peak GB':>10}{'tokens':>10}{'loss':>8}{'val DM':>9}{'val all':>9}{'last lr':>10}")
     for name, row in (("mlx_lm.lora", stock), ("mlx-dm train", ours)):
         val = row["validation"]
         print(f"{name:14}{row['tokens_per_second']:>10.1f}{row['peak_memory_gb']:>10.3f}{row['trained_tokens']:>10}"
-              f"{row['loss']:>8.3f}{val['dm_tokens']:>9.3f}{val['all_tokens']:>9.3f}")
+              f"{row['loss']:>8.3f}{val['dm_tokens']:>9.3f}{val['all_tokens']:>9.3f}{row['final_learning_rate']:>10.2e}")
+    print(f"validation loss of the base (no adapter): DM tokens {base_validation['dm_tokens']:.3f}, "
+          f"all tokens {base_validation['all_tokens']:.3f}")
     print(f"tokens/s ratio (mlx-dm / mlx_lm.lora): {ours['tokens_per_second'] / stock['tokens_per_second']:.2f}  (target >= 1.5)")
     print(f"peak memory ratio (mlx-dm / mlx_lm.lora): {ours['peak_memory_gb'] / stock['peak_memory_gb']:.2f}  (target <= 0.8)")
     print(f"validation loss on DM tokens, mlx-dm - mlx_lm.lora: {ours['validation']['dm_tokens'] - stock['validation']['dm_tokens']:+.3f}"
           f"  (target <= 0: not worse); on all tokens: {ours['validation']['all_tokens'] - stock['validation']['all_tokens']:+.3f}")
     print(f"mlx-dm padding fraction: {ours['padding_fraction']:.1%}")
-    print(json.dumps({"stock": stock, "mlx_dm": ours}))
+    print(json.dumps({"stock": stock, "mlx_dm": ours, "base_validation": base_validation}))
 
 
 if __name__ == "__main__":

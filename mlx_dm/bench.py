@@ -57,9 +57,14 @@ def warmup_steps(steps: int) -> int:
 
 
 def train_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, batch: int, lr: float) -> dict:
-    """Stock `mlx_lm.lora` in its own process, its own report callback patched to print JSON."""
+    """Stock `mlx_lm.lora` in its own process, its own report callback patched to print JSON. Its
+    learning rate follows mlx-dm's schedule (cosine decay from ``lr``, no warm-up: train_ours), so
+    the two adapters' losses compare trainers, not schedules."""
+    from .train.trainer import FINAL_LR_FRACTION
+
     config = work / "lora.yaml"
-    config.write_text("lora_parameters:\n  rank: 8\n  scale: 2.0\n  dropout: 0.0\n  keys: [" + ", ".join(LORA_KEYS) + "]\n")
+    config.write_text("lora_parameters:\n  rank: 8\n  scale: 2.0\n  dropout: 0.0\n  keys: [" + ", ".join(LORA_KEYS) + "]\n"
+                      f"lr_schedule:\n  name: cosine_decay\n  arguments: [{lr}, {steps}, {lr * FINAL_LR_FRACTION}]\n")
     code = (
         "import json, sys, mlx_dm\n"
         "import mlx_lm.lora as lora\n"
@@ -80,7 +85,7 @@ def train_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, b
     if out.returncode != 0 or not reports:
         raise RuntimeError(f"mlx_lm.lora failed:\n{text[-3000:]}")
     report = reports[-1]
-    return {"loss": report["train_loss"], "tokens_per_second": report["tokens_per_second"],
+    return {"loss": report["train_loss"], "final_learning_rate": report["learning_rate"], "tokens_per_second": report["tokens_per_second"],
             "peak_memory_gb": report["peak_memory"], "trained_tokens": report["trained_tokens"],
             "adapter_dir": str(work / "stock-adapters")}
 
@@ -103,7 +108,8 @@ def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, bat
         raise RuntimeError(f"mlx-dm train failed:\n{(out.stdout + out.stderr)[-3000:]}")
     run = sorted((project / "runs").glob("*-train"))[-1]
     result = json.loads((run / "train_state.json").read_text())["result"]
-    return {"loss": result["last_train_loss"], "tokens_per_second": _steady_tokens_per_second(run / "metrics.jsonl", steps),
+    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line][-1]
+    return {"loss": result["last_train_loss"], "final_learning_rate": last["learning_rate"], "tokens_per_second": _steady_tokens_per_second(run / "metrics.jsonl", steps),
             "peak_memory_gb": result["peak_memory_bytes"] / 1e9, "trained_tokens": result["trained_tokens"],
             "padding_fraction": result["padding_fraction"], "adapter_dir": result["adapter_dir"]}
 
@@ -120,18 +126,23 @@ def _steady_tokens_per_second(metrics: Path, steps: int) -> float:
     return (tokens[-1] - tokens[warm - 1]) / (seconds[-1] - seconds[warm - 1])
 
 
-def validation_losses(base_path: Path, adapter_dir: Path, dataset_dir: Path, seq: int) -> dict[str, float]:
-    """An adapter scored on the validation split the same way whichever trainer made it: mean loss
-    over the Dungeon Master's tokens (what the model is for) and over every token (what stock
-    mlx_lm.lora trains on), float32, windows of ``seq`` tokens."""
+def validation_losses(base_path: Path, adapter_dir: Path | None, dataset_dir: Path, seq: int) -> dict[str, float]:
+    """An adapter (None: the base alone) scored on the validation split the same way whichever
+    trainer made it: mean loss over the Dungeon Master's tokens (what the model is for) and over
+    every token (what stock mlx_lm.lora trains on), float32, windows of ``seq`` tokens."""
     import dataclasses
 
+    import mlx.core as mx
+
+    from .model import per_layer_embeddings
     from .model.load import load_model
     from .train import batching
     from .train.trainer import evaluate_loss
 
-    loaded = load_model(base_path, adapter_path=Path(adapter_dir), dtype="float32")
+    loaded = load_model(base_path, adapter_path=Path(adapter_dir) if adapter_dir else None, dtype="float32", lazy=True)
     examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", loaded.tokenizer, seq)
+    per_layer_embeddings.keep_rows(loaded.model, base_path, (i for e in examples for i in e.ids))
+    mx.eval(loaded.model.parameters())
     every_token = [dataclasses.replace(e, loss_mask=[0] + [1] * (len(e.ids) - 1)) for e in examples]
     return {"dm_tokens": evaluate_loss(loaded.model, batching.pack(examples, seq), seq, 1),
             "all_tokens": evaluate_loss(loaded.model, batching.pack(every_token, seq), seq, 1)}

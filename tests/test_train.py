@@ -358,3 +358,46 @@ def test_float32_size_is_read_from_the_headers_whatever_the_stored_dtype(tmp_pat
     assert fits_without_savings(dataclasses.replace(detect(), mlx_memory_limit_bytes=4 * quarter + 4), tmp_path / str(mx.float32))
     assert not fits_without_savings(dataclasses.replace(detect(), mlx_memory_limit_bytes=4 * quarter - 4),
                                     tmp_path / str(mx.float32))
+
+
+def test_per_layer_table_keeps_the_rows_of_the_data_and_computes_the_same_loss(tmp_path):
+    """Gemma 3n's per-layer embedding table (E2B: 262,144 rows, 4 GB in bf16) is cut to the ids the
+    data feeds, read from the file through a memory map: same loss, and the full table never loaded."""
+    from dataclasses import replace
+
+    from mlx.utils import tree_flatten
+
+    from mlx_dm.model import per_layer_embeddings
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import TinySpec, build_tiny_model
+    from mlx_dm.train.trainer import batch_arrays, loss_fn
+
+    spec = replace(TinySpec(), per_layer_vocab=8192, extra_vocab=8192 - 640)
+    base = build_tiny_model(tmp_path / "tiny", None, spec)
+    rng = np.random.default_rng(0)
+    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.integers(0, 2, n)))
+                for i, n in enumerate([40, 30, 25])]
+    batch = batching.make_batch(batching.pack(examples, 64), 65)
+    fed = {int(i) for e in examples for i in e.ids}
+
+    mx.clear_cache()
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    compact = load_model(base, dtype="float32", lazy=True).model
+    result = per_layer_embeddings.keep_rows(compact, base, (i for e in examples for i in e.ids))
+    mx.eval(compact.parameters())
+    loaded_peak = mx.get_peak_memory() - before
+    assert result.read_from_file and result.rows_total == 8192 and result.rows_kept == len(fed | {0})
+    table_bytes = 8192 * 22 * 256 * 4
+    assert result.bytes_before == table_bytes and result.bytes_after == (len(fed | {0}) + 1) * 22 * 256 * 4
+    assert loaded_peak < table_bytes / 4, f"{loaded_peak} bytes at load: the full table was read"
+
+    full = load_model(base, dtype="float32").model
+    size = lambda model: sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    assert size(full) - size(compact) == table_bytes - result.bytes_after
+    expected, _ = loss_fn(full, *batch_arrays(batch))
+    got, _ = loss_fn(compact, *batch_arrays(batch))
+    assert got.item() == expected.item()
+    # An id the data never fed reads NaN rather than a wrong row.
+    outside = mx.array([[next(i for i in range(7, 600) if i not in fed)]])
+    assert mx.isnan(compact.model.language_model.embed_tokens_per_layer(outside)).all().item()

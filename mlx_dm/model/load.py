@@ -48,15 +48,17 @@ def compute_dtype(name: str = "auto"):
 
 
 def load_model(path: Path, quantize_4bit: bool = False, adapter_path: Path | None = None,
-               dtype: str | None = None) -> LoadedModel:
-    """``dtype``: None keeps the checkpoint's, "auto" picks per device (compute_dtype)."""
+               dtype: str | None = None, lazy: bool = False) -> LoadedModel:
+    """``dtype``: None keeps the checkpoint's, "auto" picks per device (compute_dtype). ``lazy``:
+    no weight is read yet (the caller may still replace some, see per_layer_embeddings.keep_rows)."""
+    import mlx.core as mx
     from mlx_lm.utils import load, quantize_model
 
     patches.apply()
     path = Path(path)
     try:
         model, tokenizer, config = load(str(path), adapter_path=str(adapter_path) if adapter_path else None,
-                                        return_config=True)
+                                        return_config=True, lazy=True)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise ModelError(f"mlx-lm could not load {path}: {exc}",
                          "check that the folder is a complete Gemma 3n/Gemma 3 checkpoint (config.json, *.safetensors, tokenizer files)") from exc
@@ -64,4 +66,6 @@ def load_model(path: Path, quantize_4bit: bool = False, adapter_path: Path | Non
         model.set_dtype(compute_dtype(dtype))
     if quantize_4bit and not config.get("quantization"):
         model, config = quantize_model(model, config, group_size=64, bits=4, quant_predicate=_quantizable)
+    if not lazy:
+        mx.eval(model.parameters())
     return LoadedModel(model, tokenizer, config, path, bool(config.get("quantization")))

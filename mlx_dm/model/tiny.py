@@ -44,6 +44,9 @@ class TinySpec:
     extra_vocab: int = 0  # vision/audio soft-token ids above the text vocabulary (real models: 256)
     max_position_embeddings: int = 4096
     towers: bool = False  # add small vision and audio towers (for the mmproj export)
+    # Rows of the per-layer embedding table when not the text vocabulary (E2B: 262,144, above its
+    # tokenizer's pieces in a tiny model, as in benchmarks of its memory); within vocab + extra_vocab.
+    per_layer_vocab: int = 0
 
 
 # The tiny model with vision and audio towers. llama.cpp 0.3.36's mtmd compares the projector's
@@ -67,7 +70,7 @@ def text_config(spec: TinySpec) -> dict:
         # come from the towers, which the tiny model has none of. Implementations disagree on the
         # per-layer input of such ids (mlx-lm: row 0, llama.cpp: zeros), so the tiny model has none.
         "vocab_size": spec.vocab + spec.extra_vocab,
-        "vocab_size_per_layer_input": spec.vocab,
+        "vocab_size_per_layer_input": spec.per_layer_vocab or spec.vocab,
         "hidden_size": spec.hidden_size,
         "hidden_size_per_layer_input": 256,
         "intermediate_size": [spec.intermediate_size] * spec.num_layers,
