@@ -314,6 +314,9 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
                   f"best val loss {result.best_val_loss if result.best_val_loss is not None else 'n/a'}, "
                   f"{result.tokens_per_second:.0f} tok/s, peak {result.peak_memory_bytes / 2**20:.0f} MiB, "
                   f"padding {result.padding_fraction:.1%}{', stopped early' if result.stopped_early else ''})")
+    if result.per_layer_rows and result.per_layer_rows[0] < result.per_layer_rows[1]:
+        kept, total = result.per_layer_rows
+        console.print(f"per-layer embeddings: {kept:,} of {total:,} rows held in memory (the token ids of your data)")
     if result.micro_batch_size * result.grad_accumulation > 1:
         processes = f" × {result.processes} processes" if result.processes > 1 else ""
         probed = result.grad_accumulation > config.train.grad_accumulation  # only the probe raises it

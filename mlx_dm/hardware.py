@@ -169,28 +169,36 @@ def checkpoint_bytes(folder) -> int:
     return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
 
 
-def float32_bytes(folder) -> int:
+def float32_bytes(folder, training: bool = False) -> int:
     """Bytes of the checkpoint's weights once in float32, from the safetensors headers (no weights
     read): a float32 checkpoint stays its size, a bfloat16 one doubles. Packed quantised tensors
-    (integer types) count at twice their stored size."""
-    from .model.hub import safetensors_headers
+    (integer types) count at twice their stored size. ``training``: what a training run holds,
+    without Gemma 3n's per-layer embedding table (it keeps only the rows its data uses:
+    model/per_layer_embeddings.py)."""
+    from .model.hub import PER_LAYER_TABLE, safetensors_headers
 
     return sum(2 * (info["data_offsets"][1] - info["data_offsets"][0]) if info["dtype"][0] in "IU"
-               else 4 * math.prod(info["shape"]) for info in safetensors_headers(folder).values())
+               else 4 * math.prod(info["shape"]) for name, info in safetensors_headers(folder).items()
+               if not (training and name.endswith(PER_LAYER_TABLE)))
 
 
 def fits_without_savings(hw: Hardware, base_folder) -> bool:
-    """True when the base in float32 takes under a quarter of the memory MLX may use: then a 4-bit
-    base and gradient checkpointing only cost time (and MLX's quantised matmuls are slow on CPUs)."""
+    """True when the base in float32, as training holds it, takes under a quarter of the memory MLX
+    may use: then a 4-bit base and gradient checkpointing only cost time (and MLX's quantised
+    matmuls are slow on CPUs)."""
     budget = hw.mlx_memory_limit_bytes or hw.total_memory_bytes
-    return 0 < float32_bytes(base_folder) < budget / 4
+    return 0 < float32_bytes(base_folder, training=True) < budget / 4
 
 
 def recommend_profile(hw: Hardware) -> TrainingProfile:
     """Training defaults for Gemma 3n E2B from the memory MLX may use on this device.
 
-    E2B in bf16 is about 10 GB of weights (4.5B parameters with per-layer embeddings); a 4-bit
-    base is about 3 GB. The thresholds leave room for activations and the OS.
+    E2B has 4.5B parameters, 2.0B of them in the per-layer embedding table, of which training keeps
+    only the rows its data uses (model/per_layer_embeddings.py). So training holds about 2.4B:
+    4.9 GB in bf16, 1.4 GB as a 4-bit base. The thresholds leave room for activations (the output
+    head's logits at the DM positions, 262,400 per position, are the largest) and the OS. They were
+    set before the table was cut and not measured on a Mac since: a 16 GB Mac (about 10.7 GiB usable)
+    may well train a bf16 base now.
     """
     budget = hw.mlx_memory_limit_bytes or hw.total_memory_bytes
     gib = budget / GIB

@@ -359,6 +359,15 @@ def test_float32_size_is_read_from_the_headers_whatever_the_stored_dtype(tmp_pat
     assert not fits_without_savings(dataclasses.replace(detect(), mlx_memory_limit_bytes=4 * quarter - 4),
                                     tmp_path / str(mx.float32))
 
+    # Training keeps a few rows of Gemma 3n's per-layer embedding table: it does not count.
+    folder = tmp_path / "gemma3n"
+    folder.mkdir()
+    mx.save_safetensors(str(folder / "model.safetensors"),
+                        {**weights, "model.language_model.embed_tokens_per_layer.weight": mx.zeros((4000, 250), mx.bfloat16)})
+    assert float32_bytes(folder) == quarter + 4 * 4000 * 250
+    assert float32_bytes(folder, training=True) == quarter
+    assert fits_without_savings(dataclasses.replace(detect(), mlx_memory_limit_bytes=4 * quarter + 4), folder)
+
 
 def test_per_layer_table_keeps_the_rows_of_the_data_and_computes_the_same_loss(tmp_path):
     """Gemma 3n's per-layer embedding table (E2B: 262,144 rows, 4 GB in bf16) is cut to the ids the
@@ -401,3 +410,48 @@ def test_per_layer_table_keeps_the_rows_of_the_data_and_computes_the_same_loss(t
     # An id the data never fed reads NaN rather than a wrong row.
     outside = mx.array([[next(i for i in range(7, 600) if i not in fed)]])
     assert mx.isnan(compact.model.language_model.embed_tokens_per_layer(outside)).all().item()
+
+
+def test_kv_shared_layers_at_the_loss_positions_give_the_same_loss_and_gradients(tmp_path):
+    """Gemma 3n's KV-shared layers run on the DM positions only (patches, extension 6): loss and
+    LoRA gradients equal those of the full forward pass, selected afterwards."""
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    from mlx_dm.model import patches
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import build_tiny_model
+    from mlx_dm.train.trainer import batch_arrays, loss_fn
+
+    model = load_model(build_tiny_model(tmp_path / "tiny", None), dtype="float32").model
+    model.freeze()
+    linear_to_lora_layers(model, len(model.layers), {"rank": 4, "scale": 2.0, "dropout": 0.0,
+                                                     "keys": list(patches.GEMMA3N_LORA_KEYS)})
+    mx.random.seed(1)
+    # LoRA's B starts at zero, which would leave every A without a gradient.
+    model.update(tree_map(lambda v: mx.random.normal(v.shape) * 0.05, model.trainable_parameters()))
+    rng = np.random.default_rng(0)
+    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.integers(0, 2, n)))
+                for i, n in enumerate([40, 30, 25, 50, 60])]
+    batch = batching.make_batch(batching.pack(examples, 64), 65)
+    assert batch.inputs.shape[0] > 1  # rows laid end to end in the shared layers
+
+    def selected_afterwards(model, inputs, targets, positions, weights, segments):
+        hidden = patches.hidden_states(model, inputs, mask=attention_mask(segments))
+        logits = patches.output_logits(model, hidden.reshape(-1, hidden.shape[-1])[positions])
+        losses = nn.losses.cross_entropy(logits, targets.reshape(-1)[positions]) * weights
+        return losses.sum() / weights.sum(), weights.sum()
+
+    arrays = batch_arrays(batch)
+    (loss, _), grads = nn.value_and_grad(model, loss_fn)(model, *arrays)
+    (expected, _), expected_grads = nn.value_and_grad(model, selected_afterwards)(model, *arrays)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    got, want = dict(tree_flatten(grads)), dict(tree_flatten(expected_grads))
+    assert got.keys() == want.keys()
+    nonzero = 0
+    for name in want:  # the shared layers' own K/V projections are unused: zero in both
+        scale = mx.abs(want[name]).max().item()
+        nonzero += scale > 0
+        assert mx.abs(got[name] - want[name]).max().item() <= 1e-3 * scale, name
+    assert nonzero >= len(want) - 4 * 2  # k_proj and v_proj (A and B) of the 2 shared layers

@@ -34,6 +34,9 @@ def safetensors_headers(checkpoint: Path) -> dict[str, dict]:
     return tensors
 
 
+# Gemma 3n's per-layer embedding table (see per_layer_embeddings.py).
+PER_LAYER_TABLE = "embed_tokens_per_layer.weight"
+
 # safetensors dtypes numpy can map as they are stored (bfloat16 as its raw 16 bits).
 NUMPY_STORAGE = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 

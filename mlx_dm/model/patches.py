@@ -21,6 +21,11 @@
    gradient never flows back through the K/V of the layers they share with, and every gradient
    below is wrong (on the tiny model: up to 95% off). `language_model.checkpoint_layers = True`
    checkpoints each layer with the shared K/V as explicit inputs and outputs (exact gradients).
+6. Not a fix, an extension for training: the KV-shared layers at chosen positions only. A
+   shared layer takes its K/V from an earlier layer, so a position's output there depends on
+   that position's own hidden state alone (and the shared K/V of every position). The loss only
+   reads the DM positions, so `positions=` runs the shared layers (E2B: 10 of 30) on those alone:
+   the same values for a third less layer work where most tokens are context.
 
 `apply()` is idempotent; `is_applied()` says whether the running process has it.
 """
@@ -80,17 +85,69 @@ def _checkpointed_layer(layer, h: mx.array, mask: Any, cache: PassThroughKVCache
     return outputs[0]
 
 
+class _FlatKV:
+    """An owner layer's K/V with the batch rows laid end to end, (1, heads, B*L, dim), for queries
+    gathered from every row; the mask keeps each query inside its own row."""
+
+    offset = 0
+
+    def __init__(self, owner: PassThroughKVCache):
+        self.owner = owner
+
+    def keys_and_values(self) -> tuple[mx.array, mx.array]:
+        return tuple(_rows_end_to_end(x) for x in self.owner.keys_and_values())
+
+
+def _rows_end_to_end(x: mx.array) -> mx.array:
+    batch, heads, length, dim = x.shape
+    return x.transpose(1, 0, 2, 3).reshape(1, heads, batch * length, dim)
+
+
+class _RopeAtPositions:
+    """A layer's RoPE applied at given positions, one per query (queries laid out as (1, H, N, D)):
+    the same kernel as the model's, with one offset per query."""
+
+    def __init__(self, rope, positions: mx.array):
+        self.rope, self.positions = rope, positions
+
+    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+        per_query = x.transpose(2, 1, 0, 3)  # (N, H, 1, D): each query its own batch row
+        rotated = mx.fast.rope(per_query, self.rope.dims, traditional=self.rope.traditional, base=self.rope.base,
+                               scale=self.rope.scale, offset=self.positions + offset)
+        return rotated.transpose(2, 1, 0, 3)
+
+
+def _gather_positions(mask: mx.array, positions: mx.array, batch: int, length: int) -> mx.array:
+    """Rows ``positions`` (flat over batch × length) of a boolean (B, 1, L, L) mask, against the
+    keys of all rows laid end to end: (1, 1, N, B*L)."""
+    rows = mx.broadcast_to(mask, (batch, 1, length, length))[:, 0].reshape(batch * length, length)[positions]
+    key_rows = mx.repeat(mx.arange(batch), length)
+    return (mx.tile(rows, (1, batch)) & (key_rows[None, :] == (positions // length)[:, None]))[None, None]
+
+
+def _shared_layer_at_positions(layer, h: mx.array, mask: mx.array, cache: _FlatKV, per_layer_input: mx.array,
+                               query_positions: mx.array) -> mx.array:
+    attention = layer.self_attn
+    rope = attention.rope
+    attention.rope = _RopeAtPositions(rope, query_positions)
+    try:
+        return layer(h, mask, cache, per_layer_input)
+    finally:
+        attention.rope = rope
+
+
 def _magnitude(x: mx.array) -> mx.array:
     return mx.sqrt(mx.maximum(mx.mean(x**2, axis=-1, keepdims=True), ALTUP_MAGNITUDE_EPS))
 
 
 def language_model_call(self, inputs: mx.array = None, cache: Any = None, input_embeddings: mx.array = None,
-                        mask: Any = None, return_hidden: bool = False) -> mx.array:
+                        mask: Any = None, return_hidden: bool = False, positions: mx.array | None = None) -> mx.array:
     """mlx_lm.models.gemma3n.LanguageModel.__call__ with fixes 1 and 2.
 
     ``mask`` (optional) replaces both attention masks, e.g. a block-diagonal mask that keeps
     packed sequences from attending to each other: a boolean or additive array broadcastable to
-    (batch, heads, queries, keys).
+    (batch, heads, queries, keys). ``positions`` (with a boolean ``mask`` and no cache; extension 6):
+    flat indices over batch × length; the output is (N, ...) at those positions only.
     """
     from mlx_lm.models.base import create_attention_mask
 
@@ -119,11 +176,24 @@ def language_model_call(self, inputs: mx.array = None, cache: Any = None, input_
     h[1:] = h[1:] * (target_magnitude / _magnitude(h[1:]))
 
     offset = cache[0].offset if cache[0] is not None else 0
+    select = positions is not None and mask is not None and mask.dtype == mx.bool_ and \
+        all(isinstance(c, PassThroughKVCache) for c in cache)
+    batch, length = h.shape[1], h.shape[2]
+    query_positions = None
     for i, layer in enumerate(self.layers):
+        if select and i == self.first_kv_shared_layer_idx:
+            h = h.reshape(h.shape[0], batch * length, h.shape[-1])[:, positions][:, None]
+            per_layer_inputs = per_layer_inputs.reshape(batch * length, *per_layer_inputs.shape[2:])[positions][None]
+            global_mask = _gather_positions(global_mask, positions, batch, length)
+            sliding_window_mask = _gather_positions(sliding_window_mask, positions, batch, length)
+            cache = [_FlatKV(c) for c in cache]
+            query_positions = positions % length + offset
         per_layer_input = per_layer_inputs[:, :, i, :]
         layer_mask = global_mask if self.config.layer_types[i] == "full_attention" else sliding_window_mask
         layer_cache = cache[self.layer_idx_to_cache_idx[i]]
-        if getattr(self, "checkpoint_layers", False) and isinstance(layer_cache, PassThroughKVCache):
+        if query_positions is not None:
+            h = _shared_layer_at_positions(layer, h, layer_mask, layer_cache, per_layer_input, query_positions)
+        elif getattr(self, "checkpoint_layers", False) and isinstance(layer_cache, PassThroughKVCache):
             h = _checkpointed_layer(layer, h, layer_mask, layer_cache, per_layer_input, offset)
         else:
             h = layer(h, layer_mask, layer_cache, per_layer_input, offset=offset)
@@ -135,6 +205,8 @@ def language_model_call(self, inputs: mx.array = None, cache: Any = None, input_
     h = mx.mean(h, axis=0)
 
     out = self.norm(h)
+    if positions is not None:
+        out = out[0] if select else out.reshape(-1, out.shape[-1])[positions]
     return out if return_hidden else gemma3n_head(self, out)
 
 
@@ -147,11 +219,13 @@ def gemma3n_head(language_model, hidden: mx.array) -> mx.array:
     return out
 
 
-def hidden_states(model, inputs: mx.array, mask: Any = None) -> mx.array:
-    """The final normed hidden states (before the output head) of a Gemma 3n or Gemma 3 text model."""
+def hidden_states(model, inputs: mx.array, mask: Any = None, positions: mx.array | None = None) -> mx.array:
+    """The final normed hidden states (before the output head) of a Gemma 3n or Gemma 3 text model;
+    with ``positions`` (flat over batch × length) only those, as (N, hidden)."""
     if model.model_type == "gemma3n":
-        return model.model.language_model(inputs, mask=mask, return_hidden=True)
-    return model.model(inputs, mask=mask)
+        return model.model.language_model(inputs, mask=mask, return_hidden=True, positions=positions)
+    hidden = model.model(inputs, mask=mask)
+    return hidden if positions is None else hidden.reshape(-1, hidden.shape[-1])[positions]
 
 
 def output_logits(model, hidden: mx.array) -> mx.array:

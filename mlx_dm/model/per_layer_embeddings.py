@@ -20,8 +20,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-TABLE_NAME = "embed_tokens_per_layer.weight"
-
 
 class CompactEmbedding(nn.Module):
     """An embedding over a subset of ids. Any other id reads a row of NaN, so a lookup outside the
@@ -61,7 +59,7 @@ def keep_rows(model, checkpoint: Path, token_ids: Iterable[int]) -> Compaction |
     language_model = _language_model(model)
     if language_model is None:
         return None
-    from .hub import NUMPY_STORAGE, read_rows, safetensors_headers
+    from .hub import NUMPY_STORAGE, PER_LAYER_TABLE, read_rows, safetensors_headers
 
     table = language_model.embed_tokens_per_layer
     if isinstance(table, CompactEmbedding):
@@ -70,7 +68,7 @@ def keep_rows(model, checkpoint: Path, token_ids: Iterable[int]) -> Compaction |
     ids = np.unique(np.fromiter((i for i in token_ids if 0 <= i < vocabulary), dtype=np.int64, count=-1))
     ids = np.union1d(ids, [0]).astype(np.int64)
     dtype = _compute_dtype(table)
-    stored = [info for name, info in safetensors_headers(checkpoint).items() if name.endswith(TABLE_NAME)]
+    stored = [info for name, info in safetensors_headers(checkpoint).items() if name.endswith(PER_LAYER_TABLE)]
     from_file = len(stored) == 1 and stored[0]["dtype"] in NUMPY_STORAGE and stored[0]["shape"][0] == vocabulary
     if from_file:
         raw = mx.array(read_rows(stored[0], ids))

@@ -116,9 +116,9 @@ def attention_mask(segments: mx.array) -> mx.array:
 
 
 def loss_fn(model, inputs, targets, positions, weights, segments):
-    """Mean cross-entropy over the DM tokens; the output head runs at those positions only."""
-    hidden = patches.hidden_states(model, inputs, mask=attention_mask(segments))
-    selected = hidden.reshape(-1, hidden.shape[-1])[positions]
+    """Mean cross-entropy over the DM tokens; the output head, and Gemma 3n's KV-shared layers, run
+    at those positions only (patches, extension 6)."""
+    selected = patches.hidden_states(model, inputs, mask=attention_mask(segments), positions=positions)
     logits = patches.output_logits(model, selected)
     losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets.reshape(-1)[positions]) * weights
     tokens = weights.sum()
