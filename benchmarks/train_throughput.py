@@ -2,7 +2,7 @@
 
     python benchmarks/train_throughput.py [--steps 12] [--seq 256] [--batch 2] [--base tiny]
 
---base: tiny, gemma3n-mid (a mid-size Gemma 3n with random weights, built here: the tiny model's
+--base: tiny (float32 for both trainers, as the mid-size ones), gemma3n-mid (a mid-size Gemma 3n with random weights, built here: the tiny model's
 real tokenizer, E2B's head width, 1024 wide, MLP 4096, 22 layers; 0.37B parameters; float32 for
 both trainers), gemma3n-mid-e2b-vocab (the same with E2B's vocabularies: 262,400 entries in the
 output head and 262,144 rows in the per-layer embedding table, of which the tokenizer uses 640.
@@ -37,6 +37,7 @@ from mlx_dm.bench import train_ours, train_stock, validation_losses
 ROOT = Path(__file__).resolve().parents[1]
 
 
+TINY = "tiny"
 MID_SIZE = "gemma3n-mid"
 MID_SIZE_E2B_VOCAB = "gemma3n-mid-e2b-vocab"
 E2B_VOCAB = 262_400
@@ -83,6 +84,8 @@ def prepare(base: str, work: Path) -> tuple[Path, Path, Path]:
     if base in (MID_SIZE, MID_SIZE_E2B_VOCAB):
         base_path = float32_copy(build_tiny_model(ROOT / ".mlx-dm" / "models" / base, ROOT / "ai-training",
                                                   mid_size_spec(base == MID_SIZE_E2B_VOCAB)), work / f"{base}-f32")
+    elif base == TINY:
+        base_path = float32_copy(resolve_base(base, ROOT, ROOT / "ai-training"), work / "tiny-f32")
     else:
         base_path = resolve_base(base, ROOT, ROOT / "ai-training")
     return dataset_dir, base_path, stock_lora_data(dataset_dir, work / "stock-data")
@@ -102,7 +105,7 @@ def main() -> None:
         work = Path(tmp)
         dataset_dir, base_path, stock_data = prepare(args.base, work)
         stock = train_stock(base_path, stock_data, work, args.steps, args.seq, args.batch, args.lr)
-        ours = train_ours(str(base_path) if args.base in (MID_SIZE, MID_SIZE_E2B_VOCAB) else args.base, ROOT / "ai-training", work,
+        ours = train_ours(str(base_path) if args.base in (TINY, MID_SIZE, MID_SIZE_E2B_VOCAB) else args.base, ROOT / "ai-training", work,
                           args.steps, args.seq, args.batch, args.lr, args.grad_checkpoint)
         for row in (stock, ours):
             row["validation"] = validation_losses(base_path, Path(row["adapter_dir"]), dataset_dir, args.seq)

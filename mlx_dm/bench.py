@@ -85,9 +85,9 @@ def train_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, b
     if out.returncode != 0 or not reports:
         raise RuntimeError(f"mlx_lm.lora failed:\n{text[-3000:]}")
     report = reports[-1]
-    return {"loss": report["train_loss"], "final_learning_rate": report["learning_rate"], "tokens_per_second": report["tokens_per_second"],
-            "peak_memory_gb": report["peak_memory"], "trained_tokens": report["trained_tokens"],
-            "adapter_dir": str(work / "stock-adapters")}
+    return {"loss": report["train_loss"], "final_learning_rate": report["learning_rate"],
+            "tokens_per_second": report["tokens_per_second"], "peak_memory_gb": report["peak_memory"],
+            "trained_tokens": report["trained_tokens"], "adapter_dir": str(work / "stock-adapters")}
 
 
 def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, batch: int, lr: float,
@@ -109,7 +109,8 @@ def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, bat
     run = sorted((project / "runs").glob("*-train"))[-1]
     result = json.loads((run / "train_state.json").read_text())["result"]
     last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line][-1]
-    return {"loss": result["last_train_loss"], "final_learning_rate": last["learning_rate"], "tokens_per_second": _steady_tokens_per_second(run / "metrics.jsonl", steps),
+    return {"loss": result["last_train_loss"], "final_learning_rate": last["learning_rate"],
+            "tokens_per_second": _steady_tokens_per_second(run / "metrics.jsonl", steps),
             "peak_memory_gb": result["peak_memory_bytes"] / 1e9, "trained_tokens": result["trained_tokens"],
             "padding_fraction": result["padding_fraction"], "adapter_dir": result["adapter_dir"]}
 

@@ -25,7 +25,7 @@
    shared layer takes its K/V from an earlier layer, so a position's output there depends on
    that position's own hidden state alone (and the shared K/V of every position). The loss only
    reads the DM positions, so `positions=` runs the shared layers (E2B: 10 of 30) on those alone:
-   the same values for a third less layer work where most tokens are context.
+   the same values, and a third of the layer work saved at every context position.
 
 `apply()` is idempotent; `is_applied()` says whether the running process has it.
 """
