@@ -455,3 +455,19 @@ def test_kv_shared_layers_at_the_loss_positions_give_the_same_loss_and_gradients
         nonzero += scale > 0
         assert mx.abs(got[name] - want[name]).max().item() <= 1e-3 * scale, name
     assert nonzero >= len(want) - 4 * 2  # k_proj and v_proj (A and B) of the 2 shared layers
+
+
+def test_a_truncated_checkpoint_gets_an_error_that_says_what_to_do(tmp_path):
+    import os
+
+    from mlx_dm.errors import ModelError
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import build_tiny_model
+
+    base = tmp_path / "base"
+    shutil.copytree(build_tiny_model(tmp_path / "tiny", None), base)
+    weights = base / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    with pytest.raises(ModelError) as error:
+        load_model(base, lazy=True)
+    assert "incomplete or corrupt" in error.value.hint and str(base) in str(error.value)

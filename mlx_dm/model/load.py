@@ -62,6 +62,10 @@ def load_model(path: Path, quantize_4bit: bool = False, adapter_path: Path | Non
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise ModelError(f"mlx-lm could not load {path}: {exc}",
                          "check that the folder is a complete Gemma 3n/Gemma 3 checkpoint (config.json, *.safetensors, tokenizer files)") from exc
+    except RuntimeError as exc:  # MLX's safetensors reader: truncated or corrupt files
+        raise ModelError(f"mlx-lm could not read the weights in {path}: {exc}",
+                         "the checkpoint looks incomplete or corrupt: download it again (for a Hugging Face repo, "
+                         "`hf download <repo>` resumes and repairs it) or point --base at a complete copy") from exc
     if dtype is not None and not config.get("quantization"):
         model.set_dtype(compute_dtype(dtype))
     if quantize_4bit and not config.get("quantization"):
