@@ -2,9 +2,9 @@
 
     python benchmarks/train_throughput.py [--steps 12] [--seq 256] [--batch 2] [--base tiny]
 
---base: tiny (float32 for both trainers, as the mid-size ones), gemma3n-mid (a mid-size Gemma 3n with random weights, built here: the tiny model's
-real tokenizer, E2B's head width, 1024 wide, MLP 4096, 22 layers; 0.37B parameters; float32 for
-both trainers), gemma3n-mid-e2b-vocab (the same with E2B's vocabularies: 262,400 entries in the
+--base: tiny (float32 for both trainers, as the mid-size ones), gemma3n-mid (a mid-size Gemma 3n
+with random weights, built here: the tiny model's real tokenizer, E2B's head width, 1024 wide,
+MLP 4096, 22 layers; 0.37B parameters; float32 for both trainers), gemma3n-mid-e2b-vocab (the same with E2B's vocabularies: 262,400 entries in the
 output head and 262,144 rows in the per-layer embedding table, of which the tokenizer uses 640.
 In a real E2B the head is a large share of a training step and the per-layer table the largest
 tensor; the 640-entry model hides both. 2.1B parameters, 8.4 GB in float32),
@@ -105,8 +105,10 @@ def main() -> None:
         work = Path(tmp)
         dataset_dir, base_path, stock_data = prepare(args.base, work)
         stock = train_stock(base_path, stock_data, work, args.steps, args.seq, args.batch, args.lr)
-        ours = train_ours(str(base_path) if args.base in (TINY, MID_SIZE, MID_SIZE_E2B_VOCAB) else args.base, ROOT / "ai-training", work,
-                          args.steps, args.seq, args.batch, args.lr, args.grad_checkpoint)
+        # mlx-dm trains the float32 copy made for this run where there is one, else the base by name.
+        ours_base = str(base_path) if base_path.is_relative_to(work) else args.base
+        ours = train_ours(ours_base, ROOT / "ai-training", work, args.steps, args.seq, args.batch, args.lr,
+                          args.grad_checkpoint)
         for row in (stock, ours):
             row["validation"] = validation_losses(base_path, Path(row["adapter_dir"]), dataset_dir, args.seq)
         base_validation = validation_losses(base_path, None, dataset_dir, args.seq)

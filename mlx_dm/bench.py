@@ -108,17 +108,16 @@ def train_ours(base: str, scenarios: Path, work: Path, steps: int, seq: int, bat
         raise RuntimeError(f"mlx-dm train failed:\n{(out.stdout + out.stderr)[-3000:]}")
     run = sorted((project / "runs").glob("*-train"))[-1]
     result = json.loads((run / "train_state.json").read_text())["result"]
-    last = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"step"' in line][-1]
-    return {"loss": result["last_train_loss"], "final_learning_rate": last["learning_rate"],
-            "tokens_per_second": _steady_tokens_per_second(run / "metrics.jsonl", steps),
+    rows = [row for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "step" in row]
+    return {"loss": result["last_train_loss"], "final_learning_rate": rows[-1]["learning_rate"],
+            "tokens_per_second": _steady_tokens_per_second(rows, steps),
             "peak_memory_gb": result["peak_memory_bytes"] / 1e9, "trained_tokens": result["trained_tokens"],
             "padding_fraction": result["padding_fraction"], "adapter_dir": result["adapter_dir"]}
 
 
-def _steady_tokens_per_second(metrics: Path, steps: int) -> float:
-    """Training tokens/s after the warm-up steps, from metrics.jsonl (each step's figure is
-    cumulative and excludes evaluation time)."""
-    rows = [row for row in map(json.loads, metrics.read_text().splitlines()) if "step" in row]
+def _steady_tokens_per_second(rows: list[dict], steps: int) -> float:
+    """Training tokens/s after the warm-up steps, from the step rows of metrics.jsonl (each step's
+    figure is cumulative and excludes evaluation time)."""
     tokens = list(itertools.accumulate(row["tokens"] for row in rows))
     seconds = [total / row["tokens_per_second"] for total, row in zip(tokens, rows)]
     warm = warmup_steps(steps)

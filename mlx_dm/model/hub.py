@@ -50,10 +50,7 @@ def read_rows(info: dict, rows) -> "np.ndarray":
     start = info["data_start"] + info["data_offsets"][0]
     table = np.memmap(info["shard"], dtype=NUMPY_STORAGE[info["dtype"]], mode="r", offset=start,
                       shape=tuple(info["shape"]))
-    try:
-        return np.array(table[np.asarray(rows)])
-    finally:
-        del table
+    return np.array(table[np.asarray(rows)])
 
 
 def resolve_base(name: str, project_dir: Path, scenarios_dir: Path | None = None) -> Path:

@@ -65,8 +65,7 @@ def keep_rows(model, checkpoint: Path, token_ids: Iterable[int]) -> Compaction |
     if isinstance(table, CompactEmbedding):
         raise ValueError("the per-layer embedding table is already compacted")
     vocabulary = language_model.vocab_size_per_layer_input
-    ids = np.unique(np.fromiter((i for i in token_ids if 0 <= i < vocabulary), dtype=np.int64, count=-1))
-    ids = np.union1d(ids, [0]).astype(np.int64)
+    ids = np.union1d(np.fromiter((i for i in token_ids if 0 <= i < vocabulary), dtype=np.int64), [0]).astype(np.int64)
     dtype = _compute_dtype(table)
     stored = [info for name, info in safetensors_headers(checkpoint).items() if name.endswith(PER_LAYER_TABLE)]
     from_file = len(stored) == 1 and stored[0]["dtype"] in NUMPY_STORAGE and stored[0]["shape"][0] == vocabulary
