@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -13,10 +14,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__
+from . import __version__, supervise
 from .config import Config, load_config
 from .errors import MlxDmError
 from .hardware import GIB, detect, recommend_profile
+from .lock import project_lock
 from .model.hub import TINY, TINY_VISION
 
 console = Console(highlight=False)
@@ -47,10 +49,26 @@ def main_options(
 ) -> None:
     _state["debug"] = debug
     _state["project"] = project
+    supervise.mark_stage("startup", project=project.resolve(), command=" ".join(["mlx-dm", *sys.argv[1:]]))
     if os.environ.get("MLX_RANK", "0") not in ("", "0"):
         console.quiet = True  # one voice for an `mlx.launch` group: process 0's
     if debug:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+
+
+def writes_project(command: str):
+    """Run the command under the project's writer lock (lock.py): one writer per project at a time.
+
+    The processes an `mlx.launch` group starts beside process 0 write nothing and take no lock."""
+    def decorate(func):
+        @functools.wraps(func)
+        def locked(*args, **kwargs):
+            if os.environ.get("MLX_RANK", "0") not in ("", "0"):
+                return func(*args, **kwargs)
+            with project_lock(Path(_state["project"]), f"mlx-dm {command}"):
+                return func(*args, **kwargs)
+        return locked
+    return decorate
 
 
 def _config(**sections: dict) -> Config:
@@ -62,10 +80,15 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print the report
     """Report this machine: OS, chip, the device MLX uses and why, memory, disk, versions, profile."""
     import json
 
+    supervise.mark_stage("doctor", "detecting the machine")
     hw = detect()
     profile = recommend_profile(hw)
+    supervise.mark_stage("doctor", "llama.cpp load-and-generate check")
+    smoke = llama_cpp_smoke()
     if json_out:
-        console.print_json(json.dumps({"hardware": hw.to_dict(), "profile": profile.__dict__}))
+        console.print_json(json.dumps({"hardware": hw.to_dict(), "profile": profile.__dict__,
+                                       "llama_cpp": {"passed": smoke.passed, "detail": smoke.detail}}))
+        _raise_if_llama_cpp_broken(smoke)
         return
     table = Table(title="mlx-dm doctor", show_header=False)
     table.add_row("OS", f"{hw.os_name} {hw.os_version} ({hw.machine})")
@@ -81,7 +104,32 @@ def doctor(json_out: bool = typer.Option(False, "--json", help="Print the report
     table.add_row("Profile", f"[bold]{profile.name}[/bold]: batch {profile.batch_size}, sequence {profile.max_seq_length}, "
                   f"gradient checkpointing {'on' if profile.grad_checkpoint else 'off'}, "
                   f"4-bit base {'yes' if profile.quantize_base else 'no'} — {profile.reason}")
+    from .llama.build import installed_build
+
+    build = installed_build()
+    table.add_row("llama.cpp build", escape(" ".join(build["cmake_args"])) if build else "not built by the bootstrap")
+    table.add_row("llama.cpp check", ("[green]pass[/green]: " if smoke.passed else "[red]FAIL[/red]: ") + escape(smoke.detail))
     console.print(table)
+    _raise_if_llama_cpp_broken(smoke)
+
+
+def llama_cpp_smoke():
+    """A small llama.cpp load-and-generate in a child process (llama/smoke.py)."""
+    import tempfile
+
+    from .llama.smoke import run_smoke, write_smoke_gguf
+
+    with tempfile.TemporaryDirectory(prefix="mlx-dm-doctor-") as tmp:
+        return run_smoke(write_smoke_gguf(Path(tmp) / "smoke.gguf"))
+
+
+def _raise_if_llama_cpp_broken(smoke) -> None:
+    from .errors import EnvironmentProblem
+    from .llama.build import rebuild_command
+
+    if not smoke.passed:
+        raise EnvironmentProblem(f"llama.cpp failed its load-and-generate check: {smoke.detail}",
+                                 f"rebuild it for this machine:\n  {rebuild_command()}")
 
 
 # ---------------------------------------------------------------- data
@@ -207,6 +255,7 @@ def data_stats(scenarios: Optional[Path] = _scenarios_option()) -> None:
 
 
 @data_app.command("build")
+@writes_project("data build")
 def data_build(
     scenarios: Optional[Path] = _scenarios_option(),
     out: Optional[Path] = typer.Option(None, "--out", help="Dataset folder (default: data.dataset_dir)."),
@@ -255,8 +304,8 @@ def distributed_rank() -> tuple[int, int]:
     return group.size(), group.rank()
 
 
-def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Optional[bool]):
-    """Train with a rich progress bar; resumes an unfinished run of the same config and data by default."""
+def settle_memory_savings(config: Config, base_path: Path) -> None:
+    """Drop the profile's 4-bit base and checkpointing for a base that fits without them."""
     from .hardware import fits_without_savings
 
     if (config.model.quantize_base or config.train.grad_checkpoint) and fits_without_savings(detect(), base_path):
@@ -269,6 +318,11 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
             config.model.quantize_base = False
         if "train.grad_checkpoint" not in chosen:
             config.train.grad_checkpoint = False
+
+
+def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Optional[bool]):
+    """Train with a rich progress bar; resumes an unfinished run of the same config and data by default."""
+    settle_memory_savings(config, base_path)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from .runs import Run, attach_log_file, new_run
@@ -298,6 +352,7 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: Opt
     else:
         run = new_run(config.path(config.runs_dir), "train")
     run.save_config(config.to_json())
+    supervise.mark_stage("train", "loading the base model and training", run_dir=run.path, log=run.path / "run.log")
     columns = [TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as bar:
@@ -343,6 +398,7 @@ RESUME_OPTION = typer.Option(None, "--resume/--no-resume", help="Continue an unf
 
 
 @app.command("train")
+@writes_project("train")
 def train_command(
     base: Optional[str] = BASE_OPTION,
     dev: bool = DEV_OPTION,
@@ -446,14 +502,19 @@ def model_name(base_model: str) -> str:
 
 def run_export(config: Config, base_path: Path, adapter: Path, quant: str, n_ctx: int, vision: bool,
                size_budget_gb: float = 2.0):
-    from .export.pipeline import export_model
+    from .export.pipeline import ExportSpec, export_model
 
     run_dir = adapter.parent
-    result = export_model(base_path, adapter, run_dir / "export", Path(config.project_dir),
-                          config.path(config.data.dataset_dir), model_name(config.model.base_model),
-                          config.model.base_model, run_dir.name, quant, n_ctx, vision,
-                          say=lambda text: console.print(f"[bold]export[/bold] {escape(text)}"),
-                          size_budget=size_budget_gb * 1e9 if size_budget_gb > 0 else None)
+
+    def say(text: str) -> None:
+        supervise.mark_stage("export", text, run_dir=run_dir, log=run_dir / "run.log")
+        log.info("export: %s", text)
+        console.print(f"[bold]export[/bold] {escape(text)}")
+
+    spec = ExportSpec(base_path, adapter, run_dir / "export", Path(config.project_dir), config.path(config.data.dataset_dir),
+                      model_name(config.model.base_model), config.model.base_model, run_dir.name, quant, n_ctx, vision,
+                      size_budget_gb * 1e9 if size_budget_gb > 0 else None)
+    result = export_model(spec, say=say)
     for parity in result.parity:
         console.print(f"parity {Path(parity.gguf).name}: argmax agreement {parity.argmax_agreement:.3f}, "
                       f"max logit diff {parity.max_logit_diff:.4f}, greedy equal {parity.greedy_equal}/{parity.greedy_total}")
@@ -463,24 +524,30 @@ def run_export(config: Config, base_path: Path, adapter: Path, quant: str, n_ctx
     return result
 
 
-def validate_and_promote(config: Config, placed, adapter_dir: Optional[Path], base_path: Optional[Path], out_dir: Path):
-    """Validate a stored version against the app's current model; promote it only when it passes."""
+def validate_and_promote(config: Config, placed, adapter_dir: Optional[Path], base_path: Optional[Path], out_dir: Path,
+                         validated: bool = False):
+    """Validate a stored version against the app's current model; promote it only when it passes.
+
+    `validated`: it passed in an earlier, interrupted run; only the promotion is left."""
     from .errors import ValidationFailed
     from .export.place import cactus_snippet, promote, prune_versions, update_version
 
     gguf = config.path(placed.gguf_path)
     current = _current_model(config)
     previous = config.path(current["gguf_path"]) if current else None
-    try:
-        report = run_validation_stage(config, gguf, adapter_dir, base_path, out_dir,
-                                      previous if previous and previous.is_file() else None)
-    except ValidationFailed:
-        update_version(Path(config.project_dir), placed, status="rejected", validation=str(out_dir / "validation.md"))
-        console.print(f"[yellow]{placed.version} is kept in assets/models/versions but not used: the app stays on "
-                      f"{current['version'] if current else 'no model'}[/yellow]")
-        raise
-    update_version(Path(config.project_dir), placed, status="validated", validation=str(out_dir / "validation.md"),
-                   scores={k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance")} if report.evaluations else {})
+    if not validated:
+        supervise.mark_stage("validation", f"scoring {gguf.name}", run_dir=out_dir.parent, log=out_dir.parent / "run.log")
+        try:
+            report = run_validation_stage(config, gguf, adapter_dir, base_path, out_dir,
+                                          previous if previous and previous.is_file() else None)
+        except ValidationFailed:
+            update_version(Path(config.project_dir), placed, status="rejected", validation=str(out_dir / "validation.md"))
+            console.print(f"[yellow]{placed.version} is kept in assets/models/versions but not used: the app stays on "
+                          f"{current['version'] if current else 'no model'}[/yellow]")
+            raise
+        update_version(Path(config.project_dir), placed, status="validated", validation=str(out_dir / "validation.md"),
+                       scores={k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance")} if report.evaluations else {})
+    supervise.mark_stage("promotion", placed.version, run_dir=out_dir.parent, log=out_dir.parent / "run.log")
     promoted = promote(Path(config.project_dir), placed.version)
     removed = prune_versions(Path(config.project_dir), config.model.keep_versions)
     console.print(f"[green]model[/green] {promoted.gguf_path} ({promoted.size_bytes / 1e6:.1f} MB, {promoted.quant}, "
@@ -491,6 +558,7 @@ def validate_and_promote(config: Config, placed, adapter_dir: Optional[Path], ba
 
 
 @app.command("export")
+@writes_project("export")
 def export_command(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A run's adapters/ folder (default: the newest run)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model the adapter was trained on (default: from the run)."),
@@ -512,6 +580,7 @@ def export_command(
 
 
 @app.command("run")
+@writes_project("run")
 def run_command(
     base: Optional[str] = BASE_OPTION,
     dev: bool = DEV_OPTION,
@@ -564,13 +633,38 @@ def run_command(
         return
     dataset_dir = plan
     base_path = resolve_base(config.model.base_model, Path(config.project_dir), config.path(config.data.scenarios_dir))
-    console.print(f"[bold]2/4 train[/bold] on {base_path}")
-    result = run_training(config, dataset_dir, base_path, resume)
-    console.print("[bold]3/4 export[/bold]")
-    exported = run_export(config, base_path, result.adapter_dir, quant or default_quant(base_path), n_ctx,
-                          vision=config.model.vision)
+    resumed = finished_run_to_resume(config, dataset_dir, base_path) if resume is not False else None
+    if resumed is not None:
+        from .runs import attach_log_file
+
+        attach_log_file(resumed.run_dir / "run.log")
+        console.print(f"training already finished in {resumed.run_dir}; resuming at {resumed.stage}")
+        adapter_dir = resumed.adapter_dir
+    else:
+        console.print(f"[bold]2/4 train[/bold] on {base_path}")
+        adapter_dir = run_training(config, dataset_dir, base_path, resume).adapter_dir
+    if resumed is None or resumed.stage == "export":
+        console.print("[bold]3/4 export[/bold]")
+        placed = run_export(config, base_path, adapter_dir, quant or default_quant(base_path), n_ctx,
+                            vision=config.model.vision).placed
+    else:
+        from .export.place import placed_from_entry
+
+        placed = placed_from_entry(resumed.version)
+        console.print(f"[bold]3/4 export[/bold] done earlier: {placed.version} ({placed.gguf_path})")
     console.print("[bold]4/4 validate[/bold]")
-    validate_and_promote(config, exported.placed, result.adapter_dir, base_path, result.adapter_dir.parent / "validation")
+    validate_and_promote(config, placed, adapter_dir, base_path, adapter_dir.parent / "validation",
+                         validated=resumed is not None and resumed.stage == "promotion")
+
+
+def finished_run_to_resume(config: Config, dataset_dir: Path, base_path: Path):
+    """A finished training of this exact configuration and data whose model has not reached the app."""
+    from .pipeline.resume import finished_training
+    from .train.trainer import run_key
+
+    settle_memory_savings(config, base_path)  # as training would: the run key covers these settings
+    key = run_key(config, base_path, (dataset_dir / "fingerprint.txt").read_text().strip())
+    return finished_training(config.path(config.runs_dir), key, Path(config.project_dir))
 
 
 def plan_retraining(config: Config, dataset_dir: Path, incremental: Optional[bool], force: bool) -> Optional[Path]:
@@ -713,6 +807,7 @@ def _run_of_model(config: Config, entry: dict) -> tuple[Optional[Path], Optional
 
 
 @app.command("validate")
+@writes_project("validate")
 def validate_command(
     model: Optional[Path] = typer.Option(None, "--model", help="The GGUF to validate (default: the current model in assets/models)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Its run's adapters/ folder, to score the MLX models beside it (default: from the manifest)."),
@@ -787,6 +882,7 @@ def models_show(version: str = typer.Argument(..., help="e.g. v2")) -> None:
 
 
 @models_app.command("promote")
+@writes_project("models promote")
 def models_promote(version: str = typer.Argument(..., help="The version to put in the app, e.g. v2."),
                    force: bool = typer.Option(False, "--force", help="Promote a version that has not passed validation.")) -> None:
     """Make a stored version the app's model (GGUF, manifest and Cactus config, each replaced atomically)."""
@@ -803,6 +899,7 @@ def models_promote(version: str = typer.Argument(..., help="The version to put i
 
 
 @models_app.command("rollback")
+@writes_project("models rollback")
 def models_rollback() -> None:
     """Back to the version promoted before the current one."""
     from .export.place import rollback
@@ -813,6 +910,7 @@ def models_rollback() -> None:
 
 
 @app.command("bench")
+@writes_project("bench")
 def bench_command(
     base: Optional[str] = typer.Option(None, "--base", help="Base model (default: the current model's base, else 'tiny')."),
     steps: int = typer.Option(6, "--steps", min=1, help="Optimizer steps per training run."),
@@ -1027,15 +1125,28 @@ def chat_command(
             play(line)
 
 
+def print_error(exc: MlxDmError) -> None:
+    err_console.print(f"[bold red]{exc.kind}:[/bold red] {escape(exc.message)}")
+    if exc.hint:
+        err_console.print(f"[bold]hint:[/bold] {escape(exc.hint)}")
+
+
 def main() -> None:
-    """Entry point: errors print as message + hint, without a traceback unless --debug."""
+    """Entry point: errors print as message + hint, without a traceback unless --debug.
+
+    The command itself runs in a worker process (supervise.py), so a native crash is reported too."""
+    if supervise.wanted():
+        code, crash = supervise.supervise(sys.argv[1:])
+        if crash is not None:
+            print_error(crash)
+        sys.exit(code)
+    if supervise.in_worker():
+        supervise.start_worker_side()
     try:
         app()  # standalone: click reports usage errors (bad flags) itself, with exit code 2
     except MlxDmError as exc:
         log.debug("failure", exc_info=True)
-        err_console.print(f"[bold red]{exc.kind}:[/bold red] {escape(exc.message)}")
-        if exc.hint:
-            err_console.print(f"[bold]hint:[/bold] {escape(exc.hint)}")
+        print_error(exc)
         if _state["debug"]:
             err_console.print_exception()
         sys.exit(exc.exit_code)

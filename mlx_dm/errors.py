@@ -53,3 +53,18 @@ class ValidationFailed(MlxDmError):
 class EnvironmentProblem(MlxDmError):
     exit_code = 8
     kind = "environment problem"
+
+
+class ProjectBusy(MlxDmError):
+    exit_code = 10
+    kind = "project busy"
+
+
+class NativeCrash(MlxDmError):
+    """Native code (llama.cpp, MLX) killed the process with a signal; the exit code is 128 + the signal."""
+
+    kind = "native crash"
+
+    def __init__(self, message: str, hint: str = "", signal_number: int = 0) -> None:
+        super().__init__(message, hint)
+        self.exit_code = 128 + signal_number

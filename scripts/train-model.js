@@ -5,7 +5,12 @@
 //   node scripts/train-model.js run --dev        -> .venv/bin/mlx-dm run --dev
 //   node scripts/train-model.js pytest -q        -> .venv/bin/python -m pytest -q
 //
-// Environment: MLX_DM_PYTHON (interpreter to use), MLX_DM_VENV (venv folder, default .venv).
+// Environment: MLX_DM_PYTHON (interpreter to use), MLX_DM_VENV (venv folder, default .venv),
+// MLX_DM_CACHE (downloads and built wheels kept across environments, default ~/.cache/mlx-dm).
+//
+// llama-cpp-python is built from its sdist with the flags of mlx_dm/llama/build.json, into a wheel
+// cache keyed by those flags: pip's own wheel cache is keyed by the sdist only, so a wheel built with
+// other flags (e.g. a native build on another CPU) would be reused silently.
 'use strict';
 
 const { spawnSync, spawn } = require('node:child_process');
@@ -16,6 +21,10 @@ const path = require('node:path');
 
 const ROOT = path.resolve(__dirname, '..');
 const MIN = [3, 10];
+const SIGNAL_WORDS = {
+  SIGILL: 'illegal instruction: native code built for another CPU', SIGSEGV: 'segmentation fault',
+  SIGBUS: 'bus error', SIGFPE: 'floating-point exception', SIGABRT: 'aborted by native code', SIGKILL: 'killed, often for lack of memory',
+};
 const isWindows = process.platform === 'win32';
 
 function fail(message, hint, code = 9) {
@@ -72,6 +81,66 @@ function run(cmd, args, what) {
   if (r.status !== 0) fail(`${what} failed (${[cmd, ...args].join(' ')})`, 'read the output above; with no network, pre-install the packages or point MLX_DM_VENV at a ready environment', 9);
 }
 
+function sha256(data) {
+  return crypto.createHash('sha256').update(data).digest('hex');
+}
+
+// The CMake flags for llama.cpp on this machine (mlx_dm/llama/build.json says why).
+function llamaCmakeArgs(build) {
+  const platformKey = `${process.platform}-${process.arch}`;
+  const args = [...(build.cmake_args[platformKey] || build.cmake_args.default)];
+  if (platformKey === 'linux-x64') {
+    const cpuinfo = fs.existsSync('/proc/cpuinfo') ? fs.readFileSync('/proc/cpuinfo', 'utf8') : '';
+    const flagsLine = cpuinfo.split('\n').find((line) => line.startsWith('flags')) || '';
+    const present = new Set(flagsLine.split(':').slice(1).join(':').trim().split(/\s+/));
+    for (const [option, feature] of Object.entries(build.x86_features)) {
+      if (option !== 'comment') args.push(`-D${option}=${present.has(feature) ? 'ON' : 'OFF'}`);
+    }
+    for (const off of ['GGML_AVX512', 'GGML_AVX_VNNI', 'GGML_AMX_TILE', 'GGML_AMX_INT8', 'GGML_AMX_BF16']) args.push(`-D${off}=OFF`);
+  }
+  return args;
+}
+
+function cacheDir() {
+  return path.resolve(process.env.MLX_DM_CACHE || path.join(os.homedir(), '.cache', 'mlx-dm'));
+}
+
+// The pinned sdist, downloaded once and checked by sha256 (mlx_dm/llama/source.py reads the same file).
+function ensureSdist(python, build) {
+  const folder = path.join(cacheDir(), 'sdist');
+  const file = path.join(folder, build.sdist.file);
+  if (fs.existsSync(file) && sha256(fs.readFileSync(file)) === build.sdist.sha256) return file;
+  fs.mkdirSync(folder, { recursive: true });
+  process.stderr.write(`mlx-dm bootstrap: downloading ${build.package} ${build.version} (source) into ${folder}\n`);
+  run(python, ['-m', 'pip', 'download', '--no-deps', '--no-binary', ':all:', '-d', folder, `${build.package}==${build.version}`],
+    `downloading ${build.package} ${build.version}`);
+  const got = fs.existsSync(file) ? sha256(fs.readFileSync(file)) : 'no file';
+  if (got !== build.sdist.sha256) {
+    fail(`${file} has sha256 ${got}, expected ${build.sdist.sha256}`, `delete ${file} and run again`, 9);
+  }
+  return file;
+}
+
+// A wheel of llama-cpp-python built with `cmakeArgs`, from the wheel cache or built now.
+function llamaWheel(python, build, cmakeArgs, key) {
+  const version = pythonVersion(python);
+  const folder = path.join(cacheDir(), 'wheels', `${build.package}-${build.version}-py${version ? version.join('.') : '?'}-${key.slice(0, 16)}`);
+  const existing = fs.existsSync(folder) ? fs.readdirSync(folder).filter((f) => f.endsWith('.whl')) : [];
+  if (existing.length) return path.join(folder, existing[0]);
+  const sdist = ensureSdist(python, build);
+  process.stderr.write(`mlx-dm bootstrap: building ${build.package} ${build.version} with CMAKE_ARGS="${cmakeArgs.join(' ')}" (a few minutes)\n`);
+  const partial = `${folder}.partial-${process.pid}`;
+  fs.rmSync(partial, { recursive: true, force: true });
+  const r = spawnSync(python, ['-m', 'pip', 'wheel', '--no-deps', '--no-cache-dir', '-w', partial, sdist],
+    { stdio: 'inherit', cwd: ROOT, env: { ...process.env, CMAKE_ARGS: cmakeArgs.join(' '), FORCE_CMAKE: '1' } });
+  if (r.status !== 0) {
+    fs.rmSync(partial, { recursive: true, force: true });
+    fail(`building ${build.package} failed`, 'read the output above: it needs a C++ compiler and CMake (Xcode command line tools on macOS, build-essential on Linux)', 9);
+  }
+  fs.renameSync(partial, folder);
+  return path.join(folder, fs.readdirSync(folder).find((f) => f.endsWith('.whl')));
+}
+
 function ensureEnvironment(extras) {
   const venv = path.resolve(ROOT, process.env.MLX_DM_VENV || '.venv');
   const python = venvBin(venv, 'python');
@@ -79,18 +148,25 @@ function ensureEnvironment(extras) {
   if (!fs.existsSync(python)) {
     const base = findPython();
     process.stderr.write(`mlx-dm bootstrap: creating ${venv} with ${base}${useUv ? ' (uv)' : ''}\n`);
-    if (useUv) run('uv', ['venv', '--python', base, venv], 'creating the virtual environment');
+    if (useUv) run('uv', ['venv', '--seed', '--python', base, venv], 'creating the virtual environment');
     else run(base, ['-m', 'venv', venv], 'creating the virtual environment');
   }
   const pyproject = fs.readFileSync(path.join(ROOT, 'pyproject.toml'));
-  const stampWanted = crypto.createHash('sha256').update(pyproject).update(`extras=${extras}`).digest('hex');
+  const build = JSON.parse(fs.readFileSync(path.join(ROOT, 'mlx_dm', 'llama', 'build.json'), 'utf8'));
+  const cmakeArgs = llamaCmakeArgs(build);
+  const llamaKey = sha256(JSON.stringify([build.version, build.sdist.sha256, cmakeArgs]));  // = build.py: stamp_key()
+  const stampWanted = crypto.createHash('sha256').update(pyproject).update(`extras=${extras}`).update(llamaKey).digest('hex');
   const stampFile = path.join(venv, '.mlx-dm-install-stamp');
   const stamp = fs.existsSync(stampFile) ? fs.readFileSync(stampFile, 'utf8').trim() : '';
   if (stamp !== stampWanted) {
     const target = extras ? `.[${extras}]` : '.';
-    process.stderr.write(`mlx-dm bootstrap: installing mlx-dm${extras ? ` with ${extras}` : ''} into ${venv} (pyproject.toml changed)\n`);
+    const wheel = llamaWheel(python, build, cmakeArgs, llamaKey);
+    run(python, ['-m', 'pip', 'install', '--no-deps', '--force-reinstall', wheel], `installing ${path.basename(wheel)}`);
+    process.stderr.write(`mlx-dm bootstrap: installing mlx-dm${extras ? ` with ${extras}` : ''} into ${venv} (pyproject.toml or the llama.cpp build changed)\n`);
     if (useUv) run('uv', ['pip', 'install', '--python', python, '-e', target], 'installing mlx-dm');
     else run(python, ['-m', 'pip', 'install', '-e', target], 'installing mlx-dm');
+    fs.writeFileSync(path.join(venv, 'mlx-dm-llama-build.json'),
+      `${JSON.stringify({ version: build.version, cmake_args: cmakeArgs, wheel }, null, 2)}\n`);
     fs.writeFileSync(stampFile, `${stampWanted}\n`);
   }
   return venv;
@@ -115,7 +191,15 @@ function main() {
   child = spawn(cmd, cmdArgs, { stdio: 'inherit', cwd: process.cwd() });
   child.on('error', (err) => fail(`could not start ${cmd}: ${err.message}`, 'delete the .venv folder and run again', 9));
   child.on('exit', (code, signal) => {
-    if (signal) process.exit(128 + (os.constants.signals[signal] || 1));
+    if (signal) {
+      const status = 128 + (os.constants.signals[signal] || 1);
+      if (signal !== 'SIGINT' && signal !== 'SIGTERM') {
+        process.stderr.write(`mlx-dm bootstrap: ${path.basename(cmd)} was killed by ${signal} (${SIGNAL_WORDS[signal] || 'a signal'}); `
+          + `exit code ${status}\nhint: run \`${path.join(path.relative(process.cwd(), venv) || '.', 'bin', 'mlx-dm')} doctor\` to check this machine's llama.cpp and MLX; `
+          + 'running the same command again resumes after the last finished stage\n');
+      }
+      process.exit(status);
+    }
     process.exit(code === null ? 1 : code);
   });
 }

@@ -25,7 +25,11 @@ def node(args, env_extra, timeout=120):
 
 
 def stamp_for(extras: str = "") -> str:
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + f"extras={extras}".encode()).hexdigest()
+    """The install stamp the bootstrap writes: pyproject.toml, the extras and the llama.cpp build flags."""
+    from mlx_dm.llama.build import stamp_key
+
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + f"extras={extras}".encode()
+                          + stamp_key().encode()).hexdigest()
 
 
 def fake_venv(tmp_path: Path, mlx_dm_body: str, stamp: str | None) -> Path:
@@ -34,7 +38,7 @@ def fake_venv(tmp_path: Path, mlx_dm_body: str, stamp: str | None) -> Path:
     (venv / "bin").mkdir(parents=True)
     log = tmp_path / "calls.log"
     python = venv / "bin" / "python"
-    python.write_text(f'#!/bin/sh\necho "python $*" >> {log}\n')
+    python.write_text(f'#!/bin/sh\necho "python $*" >> {log}\ncase "$1" in -c) echo 3.11;; esac\n')
     mlx = venv / "bin" / "mlx-dm"
     mlx.write_text("#!/bin/sh\n" + mlx_dm_body)
     python.chmod(0o755)
@@ -66,11 +70,20 @@ def test_missing_python_gives_install_hint(tmp_path):
 
 
 def test_installs_only_when_pyproject_changed(tmp_path):
+    from mlx_dm.llama.build import stamp_key
+
     venv = fake_venv(tmp_path, 'echo "mlx-dm $*"\nexit 4\n', stamp="old")
-    env = {"MLX_DM_VENV": str(venv), "PATH": "/usr/bin:/bin"}  # no uv on this PATH: pip is the fallback
+    # A llama-cpp-python wheel already built with this machine's flags, in the bootstrap's cache.
+    wheel = tmp_path / "cache" / "wheels" / f"llama-cpp-python-0.3.36-py3.11-{stamp_key()[:16]}" / "llama.whl"
+    wheel.parent.mkdir(parents=True)
+    wheel.write_text("")
+    env = {"MLX_DM_VENV": str(venv), "MLX_DM_CACHE": str(tmp_path / "cache"),
+           "PATH": "/usr/bin:/bin"}  # no uv on this PATH: pip is the fallback
     first = node(["train", "--epochs", "2"], env)
     assert first.returncode == 4 and "mlx-dm train --epochs 2" in first.stdout
-    assert "python -m pip install -e ." in (tmp_path / "calls.log").read_text()
+    calls = (tmp_path / "calls.log").read_text()
+    assert f"python -m pip install --no-deps --force-reinstall {wheel}" in calls
+    assert calls.index("--force-reinstall") < calls.index("python -m pip install -e .")
     assert (venv / ".mlx-dm-install-stamp").read_text().strip() == stamp_for()
     (tmp_path / "calls.log").unlink()
     second = node(["train"], env)

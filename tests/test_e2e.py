@@ -1,5 +1,6 @@
 """The user's flow, as a user runs it: `node scripts/train-model.js run --dev` in a project, killed
-during export, run again, then the app's files checked and a short scripted game played on the GGUF."""
+during export (by SIGKILL, by a SIGILL inside llama.cpp), run again, then the app's files checked
+and a short scripted game played on the GGUF; two runs at once in one project."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("node") is None,
 def user_project(tmp_path: Path) -> tuple[Path, dict]:
     project = tmp_path / "game"
     project.mkdir()
-    for name in ("package.json", "pyproject.toml"):
+    for name in ("package.json", "pyproject.toml", "mlx_dm/llama/build.json"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, project / name)
     (project / "scripts").mkdir()
     shutil.copy(ROOT / "scripts" / "train-model.js", project / "scripts" / "train-model.js")
@@ -38,6 +40,12 @@ def user_project(tmp_path: Path) -> tuple[Path, dict]:
     (venv / "bin" / "mlx-dm").symlink_to(Path(sys.executable).parent / "mlx-dm")
     (venv / ".mlx-dm-install-stamp").write_text(stamp_for() + "\n")
     return project, {**os.environ, "MLX_DM_VENV": str(venv)}
+
+
+def trained_steps(project: Path) -> list[int]:
+    """The steps every training run of the project logged, in order."""
+    return [json.loads(line)["step"] for run in sorted((project / "runs").glob("*-train"))
+            for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
 
 def test_train_killed_during_export_then_rerun_gives_a_working_app_model(tmp_path):
@@ -61,8 +69,10 @@ def test_train_killed_during_export_then_rerun_gives_a_working_app_model(tmp_pat
     leftovers = list((project / "assets").rglob("*partial*")) + list((project / "assets").rglob(".*tmp*"))
     assert app_files == [] and leftovers == [], (app_files, leftovers)  # nothing half-written for the app
 
+    steps = trained_steps(project)
     second = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming at export" in second.stdout and trained_steps(project) == steps
     config = json.loads((models / "cactus-config.json").read_text())
     gguf = project / config["modelAsset"]
     assert gguf.is_file() and config["loader"] == "CactusLM" and "<end_of_turn>" in config["stop"]
@@ -91,3 +101,52 @@ def test_train_killed_during_export_then_rerun_gives_a_working_app_model(tmp_pat
     assert game.stdout.count("DM: ") == 2 and "1d20+3 = " in game.stdout and "saved game.md" in game.stdout
     saved = (project / "game.md").read_text()
     assert saved.count("# USER") == 2 and "World: Forgotten Realms" in saved
+
+
+def test_sigill_in_the_first_llama_cpp_load_is_named_and_the_rerun_trains_nothing(tmp_path):
+    project, env = user_project(tmp_path)
+    command = ["npm", "run", "--silent", "train:dev", "--", "--max-steps", "6"]
+    inject = ROOT / "tests" / "fixtures" / "inject_sigill"  # SIGILL from llama.cpp's first model load
+    first = subprocess.run(command, cwd=project, env={**env, "PYTHONPATH": str(inject)}, capture_output=True, text=True,
+                           timeout=900)
+    said = first.stdout + first.stderr
+    assert first.returncode != 0, said[-3000:]
+    assert "native crash: SIGILL (illegal instruction) in llama.cpp during export (checking the GGUF files with llama.cpp); " \
+           "exit code 132" in first.stderr, said[-3000:]
+    assert "GGML_NATIVE=OFF" in first.stderr and "resumes" in first.stderr
+    (run,) = sorted((project / "runs").glob("*-train"))
+    assert f"log: {run / 'run.log'}" in first.stderr and list(run.glob("crash-*.txt"))
+    models = project / "assets" / "models"
+    assert not models.exists() or not list(models.glob("*.gguf")), list(models.iterdir())
+    steps = trained_steps(project)
+    assert steps == list(range(1, 7))
+
+    second = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"training already finished in {run}; resuming at export" in second.stdout
+    assert trained_steps(project) == steps and len(list((project / "runs").glob("*-train"))) == 1
+    assert second.stdout.count("reusing") >= 3  # fused checkpoint, f16 and quantised GGUFs
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert [(v["version"], v["status"]) for v in manifest["versions"]] == [("v1", "promoted")]
+    assert [p.name for p in models.glob("*.gguf")] == [Path(manifest["current"]["gguf_path"]).name]
+
+
+def test_two_runs_at_once_in_one_project_the_second_stops(tmp_path):
+    project, env = user_project(tmp_path)
+    command = ["node", "scripts/train-model.js", "run", "--dev", "--force"]
+    first = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    lock = project / ".mlx-dm" / "lock"
+    deadline = time.time() + 120
+    while not (lock.exists() and lock.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    holder = json.loads(lock.read_text())
+    second = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 10, second.stdout + second.stderr
+    assert f"another mlx-dm is writing {project.resolve()}: `mlx-dm run` (pid {holder['pid']}" in second.stderr
+    assert first.poll() is None  # the first goes on
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
+    third = subprocess.run(["node", "scripts/train-model.js", "models", "rollback"], cwd=project, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert third.returncode == 4 and "no earlier promoted version" in third.stderr  # the lock died with the first

@@ -34,12 +34,13 @@ def test_tower_weights_follow_the_manifest_and_the_text_width():
 
 
 def test_vision_export_of_a_base_without_towers_names_one_that_has_them(tmp_path):
-    from mlx_dm.export.pipeline import export_model
+    from mlx_dm.export.pipeline import ExportSpec, export_model
 
     base = build_tiny_model(tmp_path / "tiny", None)
     assert not has_vision_tower(base)
     with pytest.raises(ExportError, match="no vision tower") as error:
-        export_model(base, tmp_path / "adapter", tmp_path / "work", tmp_path, tmp_path, "dm", "tiny", "run", vision=True)
+        export_model(ExportSpec(base, tmp_path / "adapter", tmp_path / "work", tmp_path, tmp_path, "dm", "tiny", "run",
+                                vision=True))
     assert "tiny-vision" in error.value.hint and "E2B" in error.value.hint
     assert not (tmp_path / "work").exists()  # refused before any work
 
@@ -48,7 +49,7 @@ def test_vision_export_of_a_base_without_towers_names_one_that_has_them(tmp_path
 def vision_export(tmp_path_factory):
     """An untrained (zero-B) LoRA adapter on tiny-vision, exported with --vision into a project."""
     from mlx_dm.config import load_config
-    from mlx_dm.export.pipeline import export_model
+    from mlx_dm.export.pipeline import ExportSpec, export_model
     from mlx_dm.model.hub import resolve_base
     from mlx_dm.model.load import load_model
     from mlx_dm.train.checkpoint import save_adapter
@@ -66,8 +67,8 @@ def vision_export(tmp_path_factory):
     from mlx_dm.cli import build_dataset_from_config
 
     _, dataset_dir = build_dataset_from_config(config)
-    result = export_model(base, adapter, project / "work", project, dataset_dir, "dm-tiny-gemma3n-vision",
-                          "tiny-vision", "run0", vision=True, say=lambda _: None)
+    result = export_model(ExportSpec(base, adapter, project / "work", project, dataset_dir, "dm-tiny-gemma3n-vision",
+                                     "tiny-vision", "run0", vision=True), say=lambda _: None)
     return project, base, result
 
 

@@ -1,15 +1,14 @@
 """HF checkpoint → f16 GGUF (llama.cpp's own converter) → quantised GGUF (in-process, llama_cpp).
 
-The converter is vendored in `converters/llama_cpp_<version>/` from the llama-cpp-python sdist
-of exactly the version we install, with its own gguf-py (a different PyPI `gguf` fails to
-convert Gemma 3n). It runs as a subprocess so its imports never mix with ours.
+The converter comes from the llama-cpp-python sdist of exactly the version we install, with its
+own gguf-py (llama/source.py; a different PyPI `gguf` fails to convert Gemma 3n). It runs as a
+subprocess so its imports never mix with ours.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -17,25 +16,13 @@ import sys
 from pathlib import Path
 
 from ..errors import ExportError
+from ..llama.source import converter_dir
 from ..runs import atomic_path
 
-CONVERTER_VERSION = "0.3.36"
 QUANT_TYPES = {
     "F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
     "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_XS": 30,
 }
-
-
-def converter_dir() -> Path:
-    here = Path(__file__).resolve().parents[2] / "converters" / f"llama_cpp_{CONVERTER_VERSION}"
-    if not (here / "convert_hf_to_gguf.py").exists():
-        raise ExportError(f"llama.cpp converter not found at {here}",
-                          "install mlx-dm from its repository (pip install -e .) so converters/ is present")
-    installed = importlib.metadata.version("llama_cpp_python")
-    if installed != CONVERTER_VERSION:
-        raise ExportError(f"llama_cpp_python {installed} is installed but the converter is from {CONVERTER_VERSION}",
-                          f"pip install llama-cpp-python=={CONVERTER_VERSION} (the versions must match)")
-    return here
 
 
 def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file: Path | None = None,

@@ -6,6 +6,7 @@ pass, and then only by adding a new version's files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -17,7 +18,7 @@ from ..runs import atomic_write_json, atomic_write_text
 from .check import GgufCheck, MmprojCheck, Parity, check_gguf, check_mmproj, mlx_reference, parity
 from .fuse import fuse
 from .gguf import convert_mmproj, convert_to_gguf, gguf_metadata, has_vision_tower, quantize
-from .place import PlacedModel, cactus_snippet, stage
+from .place import PlacedModel, cactus_snippet, sha256_of, stage
 
 
 # Applied when the standard Q4_K_M mix is over the size budget (E2B: 3.31 GB stock). Chosen with
@@ -25,6 +26,23 @@ from .place import PlacedModel, cactus_snippet, stage
 # parameters, Q6_K in the stock mix) carry most of the saving.
 BUDGET_MIX = {"per_layer_token_embd": "Q2_K", r"^token_embd": "Q2_K", r"ffn_down": "Q4_K"}
 DEFAULT_SIZE_BUDGET = 2.0e9
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What one export needs: the trained adapter and its base, where to work, how to name and size it."""
+    base_dir: Path
+    adapter_dir: Path
+    work_dir: Path
+    project_dir: Path
+    dataset_dir: Path
+    name: str
+    base_model: str
+    run_name: str
+    quant: str = "Q4_K_M"
+    n_ctx: int = 2048
+    vision: bool = False
+    size_budget: float | None = DEFAULT_SIZE_BUDGET
 
 
 @dataclass
@@ -70,89 +88,133 @@ def parity_sequences(tokenizer, dataset_dir: Path, limit: int = 4) -> list[tuple
     return sequences
 
 
-def export_model(base_dir: Path, adapter_dir: Path, work_dir: Path, project_dir: Path, dataset_dir: Path,
-                 name: str, base_model: str, run_name: str, quant: str = "Q4_K_M", n_ctx: int = 2048,
-                 vision: bool = False, say: Callable[[str], None] = print,
-                 size_budget: float | None = DEFAULT_SIZE_BUDGET) -> ExportResult:
-    from ..model.load import load_model
+ARTIFACTS = "artifacts.json"  # in the export folder: what each finished file was made from
 
-    if vision and not has_vision_tower(base_dir):
-        raise ExportError(f"a vision projector (mmproj) was asked for, but the base {base_dir} has no vision tower",
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:24]
+
+
+def _reused(work_dir: Path, path: Path, inputs: str) -> bool:
+    """True when `path` was finished by an earlier export from the same inputs (a resumed run)."""
+    record = _read_artifacts(work_dir).get(path.name)
+    return bool(record) and record["inputs"] == inputs and path.exists() and _size(path) == record["bytes"]
+
+
+def _record(work_dir: Path, path: Path, inputs: str) -> None:
+    artifacts = _read_artifacts(work_dir)
+    artifacts[path.name] = {"inputs": inputs, "bytes": _size(path)}
+    atomic_write_json(work_dir / ARTIFACTS, artifacts)
+
+
+def _read_artifacts(work_dir: Path) -> dict:
+    try:
+        return json.loads((work_dir / ARTIFACTS).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def _step(work_dir: Path, path: Path, inputs: str, what: str, make: Callable[[], Path], say: Callable[[str], None],
+          timings: dict[str, float], timing: str) -> Path:
+    """Make one export file, or reuse it when a killed or failed export already finished it from the same inputs."""
+    if _reused(work_dir, path, inputs):
+        say(f"{what}: reusing {path.name} (finished earlier from the same inputs)")
+        return path
+    say(what)
+    start = time.perf_counter()
+    made = make()
+    timings[timing] = timings.get(timing, 0.0) + time.perf_counter() - start
+    _record(work_dir, made, inputs)
+    return made
+
+
+def export_model(spec: ExportSpec, say: Callable[[str], None] = print) -> ExportResult:
+    """Fuse, convert, quantise, check and stage one adapter as a new version (or the version an
+    earlier, interrupted export of the same files already staged)."""
+    if spec.vision and not has_vision_tower(spec.base_dir):
+        raise ExportError(f"a vision projector (mmproj) was asked for, but the base {spec.base_dir} has no vision tower",
                           "export from a Gemma 3n base with its vision tower (google/gemma-3n-E2B-it; offline: "
                           "--base tiny-vision), or drop --vision: a text DM needs no mmproj")
-    work_dir = Path(work_dir)
+    work_dir, name, quant = Path(spec.work_dir), spec.name, spec.quant
     work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    say("fusing the adapter into the base weights")
-    fused_dir = fuse(base_dir, adapter_dir, work_dir / "fused")
-    timings["fuse_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    say("converting with llama.cpp's convert_hf_to_gguf.py (f16)")
-    f16 = convert_to_gguf(fused_dir, work_dir / f"{name}-f16.gguf", "f16", log_file=work_dir / "convert.log")
-    timings["convert_s"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    say(f"quantising to {quant}")
-    gguf = quantize(f16, work_dir / f"{name}-{quant}.gguf", quant)
-    candidates = [gguf]
-    tensor_types = None
-    if size_budget and gguf.stat().st_size > size_budget:
+    fused_key = _digest(sha256_of(Path(spec.adapter_dir) / "adapters.safetensors"), Path(spec.base_dir).resolve())
+    fused_dir = _step(work_dir, work_dir / "fused", fused_key, "fusing the adapter into the base weights",
+                      lambda: fuse(spec.base_dir, spec.adapter_dir, work_dir / "fused"), say, timings, "fuse_s")
+    f16_key = _digest(fused_key, "f16")
+    f16 = _step(work_dir, work_dir / f"{name}-f16.gguf", f16_key, "converting with llama.cpp's convert_hf_to_gguf.py (f16)",
+                lambda: convert_to_gguf(fused_dir, work_dir / f"{name}-f16.gguf", "f16", log_file=work_dir / "convert.log"),
+                say, timings, "convert_s")
+    stock = work_dir / f"{name}-{quant}.gguf"
+    gguf = _step(work_dir, stock, _digest(f16_key, quant), f"quantising to {quant}",
+                 lambda: quantize(f16, stock, quant), say, timings, "quantize_s")
+    candidates, tensor_types = [gguf], None
+    if spec.size_budget and gguf.stat().st_size > spec.size_budget:
         if quant != "Q4_K_M":
-            raise ExportError(f"{quant} gives {gguf.stat().st_size / 1e9:.2f} GB, over the {size_budget / 1e9:.2f} GB budget",
+            raise ExportError(f"{quant} gives {gguf.stat().st_size / 1e9:.2f} GB, over the {spec.size_budget / 1e9:.2f} GB budget",
                               "use the default Q4_K_M (it has a mix for the budget) or raise --size-budget")
-        say(f"{gguf.stat().st_size / 1e9:.2f} GB is over the {size_budget / 1e9:.2f} GB budget: "
-            f"re-quantising with per-tensor types {BUDGET_MIX}")
         tensor_types = dict(BUDGET_MIX)
-        gguf = quantize(f16, work_dir / f"{name}-{quant}-budget.gguf", quant, tensor_types=tensor_types)
+        budget = work_dir / f"{name}-{quant}-budget.gguf"
+        gguf = _step(work_dir, budget, _digest(f16_key, quant, tensor_types),
+                     f"{gguf.stat().st_size / 1e9:.2f} GB is over the {spec.size_budget / 1e9:.2f} GB budget: "
+                     f"re-quantising with per-tensor types {BUDGET_MIX}",
+                     lambda: quantize(f16, budget, quant, tensor_types=tensor_types), say, timings, "quantize_s")
         candidates.append(gguf)
-        if gguf.stat().st_size > size_budget:
+        if gguf.stat().st_size > spec.size_budget:
             raise ExportError(f"even with the budget mix the model is {gguf.stat().st_size / 1e9:.2f} GB, over "
-                              f"{size_budget / 1e9:.2f} GB", "use a smaller base (E2B rather than E4B) or raise --size-budget")
-    timings["quantize_s"] = time.perf_counter() - start
-
+                              f"{spec.size_budget / 1e9:.2f} GB", "use a smaller base (E2B rather than E4B) or raise --size-budget")
     mmproj = None
-    if vision:
-        start = time.perf_counter()
-        say("writing the vision projector (mmproj, f16) with llama.cpp's converter")
-        mmproj = convert_mmproj(fused_dir, work_dir / f"{name}-mmproj-f16.gguf", log_file=work_dir / "convert-mmproj.log")
-        timings["mmproj_s"] = time.perf_counter() - start
+    if spec.vision:
+        target = work_dir / f"{name}-mmproj-f16.gguf"
+        mmproj = _step(work_dir, target, _digest(fused_key, "mmproj"),
+                       "writing the vision projector (mmproj, f16) with llama.cpp's converter",
+                       lambda: convert_mmproj(fused_dir, target, log_file=work_dir / "convert-mmproj.log"),
+                       say, timings, "mmproj_s")
+    say("checking the GGUF files with llama.cpp")
+    result = _check(spec, fused_dir, f16, gguf, candidates, mmproj, timings, tensor_types)
+    failed = [problem for check in result.checks for problem in check.problems] + [
+        f"{Path(c.path).name} did not load" for c in result.checks if not c.loads]
+    if result.mmproj_check:
+        failed += [f"{mmproj.name}: {problem}" for problem in result.mmproj_check.problems]
+    if failed:
+        write_report(work_dir, result, gguf_metadata(gguf))
+        raise ExportError("the exported GGUF failed its checks: " + "; ".join(failed),
+                          f"see {work_dir / 'export-report.md'}; the model in assets/models was left as it was")
+    files = Path(spec.dataset_dir) / "files.json"
+    result.placed = stage(gguf, spec.project_dir, name, quant, spec.base_model, spec.run_name,
+                          (Path(spec.dataset_dir) / "fingerprint.txt").read_text().strip(), spec.n_ctx, mmproj=mmproj,
+                          adapter_dir=spec.adapter_dir, data_files=json.loads(files.read_text()) if files.exists() else None)
+    write_report(work_dir, result, gguf_metadata(gguf))
+    return result
+
+
+def _check(spec: ExportSpec, fused_dir: Path, f16: Path, gguf: Path, candidates: list[Path], mmproj: Path | None,
+           timings: dict[str, float], tensor_types: dict[str, str] | None) -> ExportResult:
+    """Load checks of both GGUFs, the mmproj check, and parity of every candidate with the fused MLX model."""
+    from ..model.load import load_model
 
     start = time.perf_counter()
-    say("checking the GGUF files with llama.cpp")
     loaded = load_model(fused_dir, dtype="float32")
-    sequences = parity_sequences(loaded.tokenizer, dataset_dir)
+    sequences = parity_sequences(loaded.tokenizer, spec.dataset_dir)
     prompt = loaded.tokenizer.decode(sequences[0][0][: sequences[0][1]]) if sequences else "<bos><start_of_turn>user\nHello<end_of_turn>\n<start_of_turn>model\n"
     checks = [check_gguf(f16, prompt), check_gguf(gguf, prompt)]
     mmproj_check = check_mmproj(gguf, mmproj) if mmproj else None
     # Quality cost of the budget mix: the stock mix's parity is reported beside it.
+    parities = []
     if sequences:
         reference = mlx_reference(loaded.model, sequences)
         parities = [parity(reference, path) for path in [f16, *candidates]]
-    else:
-        parities = []
     timings["check_s"] = time.perf_counter() - start
     sizes = {"f16_bytes": f16.stat().st_size, "gguf_bytes": gguf.stat().st_size,
              "stock_mix_bytes": candidates[0].stat().st_size}
     if mmproj:
         sizes["mmproj_bytes"] = mmproj.stat().st_size
-    result = ExportResult(fused_dir, f16, gguf, quant, checks, parities, None, timings, sizes, tensor_types,
-                          mmproj, mmproj_check)
-    failed = [problem for check in checks for problem in check.problems] + [
-        f"{Path(c.path).name} did not load" for c in checks if not c.loads]
-    if mmproj_check:
-        failed += [f"{mmproj.name}: {problem}" for problem in mmproj_check.problems]
-    if failed:
-        write_report(work_dir, result, gguf_metadata(gguf))
-        raise ExportError("the exported GGUF failed its checks: " + "; ".join(failed),
-                          f"see {work_dir / 'export-report.md'}; the model in assets/models was left as it was")
-    files = Path(dataset_dir) / "files.json"
-    result.placed = stage(gguf, project_dir, name, quant, base_model, run_name,
-                          (Path(dataset_dir) / "fingerprint.txt").read_text().strip(), n_ctx, mmproj=mmproj, adapter_dir=adapter_dir,
-                          data_files=json.loads(files.read_text()) if files.exists() else None)
-    write_report(work_dir, result, gguf_metadata(gguf))
-    return result
+    return ExportResult(fused_dir, f16, gguf, spec.quant, checks, parities, None, timings, sizes, tensor_types,
+                        mmproj, mmproj_check)
 
 
 def write_report(work_dir: Path, result: ExportResult, metadata: dict) -> None:

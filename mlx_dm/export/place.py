@@ -75,6 +75,9 @@ def stage(gguf: Path, project_dir: Path, name: str, quant: str, base_model: str,
 
     models_dir = models_dir_of(project_dir)
     (models_dir / VERSIONS).mkdir(parents=True, exist_ok=True)
+    already = staged_earlier(project_dir, run, sha256_of(gguf))
+    if already is not None:  # a resumed run: the version its interrupted export stored, not a second one
+        return already
     version = next_version(models_dir, name)
     folder = models_dir / VERSIONS / f"{name}-{version}"
     file_name = f"{name}-{version}-{quant}.gguf"
@@ -103,6 +106,21 @@ def stage(gguf: Path, project_dir: Path, name: str, quant: str, base_model: str,
         placed.mmproj_size_bytes = (folder / mmproj_name).stat().st_size
     update_version(project_dir, placed, status="candidate")
     return placed
+
+
+def staged_earlier(project_dir: Path, run: str, sha256: str) -> PlacedModel | None:
+    """The version that `run` already stored with this exact GGUF, if its files are all there."""
+    for entry in load_manifest(models_dir_of(project_dir))["versions"]:
+        stored = Path(project_dir) / entry["gguf_path"]
+        if entry.get("run") == run and entry.get("sha256") == sha256 and stored.is_file():
+            return placed_from_entry(entry)
+    return None
+
+
+def version_of_run(project_dir: Path, run: str) -> dict | None:
+    """The newest manifest entry stored from `run` (its status says how far the pipeline got)."""
+    entries = [e for e in load_manifest(models_dir_of(project_dir))["versions"] if e.get("run") == run]
+    return entries[-1] if entries else None
 
 
 def load_manifest(models_dir: Path) -> dict:
@@ -134,7 +152,7 @@ def find_version(project_dir: Path, version: str) -> dict:
     raise ModelError(f"no model version {version} in assets/models (known: {known})", "see `mlx-dm models list`")
 
 
-def _placed(entry: dict) -> PlacedModel:
+def placed_from_entry(entry: dict) -> PlacedModel:
     # A manifest written by an older mlx-dm lacks the newer fields (they have defaults).
     return PlacedModel(**{f.name: entry[f.name] for f in fields(PlacedModel) if f.name in entry})
 
@@ -154,7 +172,7 @@ def promote(project_dir: Path, version: str) -> PlacedModel:
     app_file = models_dir / Path(stored).name
     if not app_file.exists():
         _copy_atomic(stored, app_file)
-    placed = _placed({**entry, "gguf_path": str(app_file.relative_to(project_dir))})
+    placed = placed_from_entry({**entry, "gguf_path": str(app_file.relative_to(project_dir))})
     if entry.get("mmproj_path"):
         mmproj_app = models_dir / Path(entry["mmproj_path"]).name
         if not mmproj_app.exists():

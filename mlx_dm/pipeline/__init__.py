@@ -1,0 +1,1 @@
+"""The pipeline's decisions, apart from the CLI that prints them."""
