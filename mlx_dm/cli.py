@@ -1143,7 +1143,7 @@ def main() -> None:
     if supervise.in_worker():
         supervise.start_worker_side()
     try:
-        app()  # standalone: click reports usage errors (bad flags) itself, with exit code 2
+        app(prog_name="mlx-dm")  # standalone: click reports usage errors (bad flags) itself, with exit code 2
     except MlxDmError as exc:
         log.debug("failure", exc_info=True)
         print_error(exc)

@@ -33,6 +33,10 @@ SIGNAL_WORDS = {
     "SIGILL": "illegal instruction", "SIGSEGV": "segmentation fault", "SIGBUS": "bus error",
     "SIGFPE": "arithmetic error", "SIGABRT": "aborted", "SIGKILL": "killed from outside, often for lack of memory",
 }
+# The worker imports the very package its parent runs: `python -m` would put the current folder
+# first on sys.path, where a folder named mlx_dm (a game repository's copy of a file) would win.
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])
+WORKER_CODE = f"import sys; sys.path[0] = {PACKAGE_PARENT!r}; from mlx_dm.cli import main; main()"
 _crash_file = None  # kept open for faulthandler, which writes to its descriptor
 _stage_file: str | None = None
 
@@ -89,7 +93,7 @@ def supervise(argv: list[str]) -> tuple[int, NativeCrash | None]:
     with tempfile.TemporaryDirectory(prefix="mlx-dm-") as tmp:
         stage_file, crash_file = Path(tmp) / "stage.json", Path(tmp) / "crash.txt"
         env = {**os.environ, WORKER_ENV: "1", STAGE_ENV: str(stage_file), CRASH_ENV: str(crash_file)}
-        child = subprocess.Popen([sys.executable, "-m", "mlx_dm", *argv], env=env)
+        child = subprocess.Popen([sys.executable, "-c", WORKER_CODE, *argv], env=env)
         previous = {sig: signal.signal(sig, _forwarder(child)) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             while True:
