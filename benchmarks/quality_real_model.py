@@ -27,7 +27,7 @@ METRICS = ("tool_f1", "tool_precision", "tool_recall", "tool_argument_accuracy",
 def validation_loss(base: Path, adapter: Path | None, dataset_dir: Path, seq: int) -> float:
     from mlx_dm.model.load import load_model
     from mlx_dm.train import batching
-    from mlx_dm.train.trainer import evaluate_loss
+    from mlx_dm.train.step import evaluate_loss
 
     loaded = load_model(base, adapter_path=adapter, dtype="auto")
     examples = batching.load_examples(dataset_dir / "valid.jsonl", loaded.tokenizer, seq)

@@ -73,14 +73,13 @@ def float32_copy(checkpoint: Path, out: Path) -> Path:
 
 def prepare(base: str, work: Path) -> tuple[Path, Path, Path]:
     from mlx_dm.bench import stock_lora_data
-    from mlx_dm.cli import build_dataset_from_config
     from mlx_dm.config import load_config
+    from mlx_dm.pipeline.data import build
     from mlx_dm.model.hub import resolve_base
     from mlx_dm.model.tiny import build_tiny_model
 
-    config = load_config(ROOT)
-    config.data.dataset_dir = str(work / "dataset")
-    _, dataset_dir = build_dataset_from_config(config, ROOT / "ai-training")
+    config = load_config(ROOT).override(data={"dataset_dir": str(work / "dataset")})
+    dataset_dir = build(config, ROOT / "ai-training").path
     if base in (MID_SIZE, MID_SIZE_E2B_VOCAB):
         base_path = float32_copy(build_tiny_model(ROOT / ".mlx-dm" / "models" / base, ROOT / "ai-training",
                                                   mid_size_spec(base == MID_SIZE_E2B_VOCAB)), work / f"{base}-f32")

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runs import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text
 
 LORA_KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
              "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -60,7 +60,7 @@ def train_stock(base_path: Path, data: Path, work: Path, steps: int, seq: int, b
     """Stock `mlx_lm.lora` in its own process, its own report callback patched to print JSON. Its
     learning rate follows mlx-dm's schedule (cosine decay from ``lr``, no warm-up: train_ours), so
     the two adapters' losses compare trainers, not schedules."""
-    from .train.trainer import FINAL_LR_FRACTION
+    from .train.setup import FINAL_LR_FRACTION
 
     config = work / "lora.yaml"
     config.write_text("lora_parameters:\n  rank: 8\n  scale: 2.0\n  dropout: 0.0\n  keys: [" + ", ".join(LORA_KEYS) + "]\n"
@@ -137,7 +137,7 @@ def validation_losses(base_path: Path, adapter_dir: Path | None, dataset_dir: Pa
     from .model import per_layer_embeddings
     from .model.load import load_model
     from .train import batching
-    from .train.trainer import evaluate_loss
+    from .train.step import evaluate_loss
 
     loaded = load_model(base_path, adapter_path=Path(adapter_dir) if adapter_dir else None, dtype="float32", lazy=True)
     examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", loaded.tokenizer, seq)
@@ -175,8 +175,7 @@ def bench_mlx_generation(name: str, base: Path, adapter: Path | None, prompt: st
 def bench_gguf_generation(name: str, gguf: Path, prompt: str, max_tokens: int, repetitions: int,
                           n_ctx: int = 2048) -> Measurement:
     from .evaluate.compat import measure_speed, memory_from_logs
-    from .export.gguf import captured_llama_logs
-    from .export.check import open_gguf
+    from .llama.runtime import captured_llama_logs, open_gguf
 
     lines: list[str] = []
     with captured_llama_logs(lines):
@@ -285,3 +284,60 @@ def plot_bench(measurements: list[Measurement], path: Path) -> None:
     plt.close(fig)
 
 
+
+
+def compare_training(base_model: str, base_path: Path, scenarios: Path, dataset_dir: Path, steps: int, seq: int,
+                     batch: int, repetitions: int, say) -> tuple[list[Measurement], dict[str, float]]:
+    """mlx_lm.lora and mlx-dm trained `repetitions` times each on the same data, rows and schedule."""
+    import tempfile
+
+    stock_runs, our_runs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = stock_lora_data(dataset_dir, Path(tmp) / "stock-data")
+        for index in range(repetitions):
+            say(f"bench: training run {index + 1}/{repetitions} (mlx_lm.lora, then mlx-dm)")
+            work = Path(tmp) / f"run{index}"
+            work.mkdir()
+            stock_runs.append(train_stock(base_path, data, work, steps, seq, batch, 1e-4))
+            our_runs.append(train_ours(base_model, scenarios, work, steps, seq, batch, 1e-4))
+    measurements = [Measurement(name, "train", {
+        "tokens_per_second": [r["tokens_per_second"] for r in runs],
+        "peak_memory_gb": [r["peak_memory_gb"] for r in runs], "loss": [r["loss"] for r in runs]})
+        for name, runs in (("mlx_lm.lora train", stock_runs), ("mlx-dm train", our_runs))]
+    stock, ours = measurements
+    return measurements, {
+        "train tokens/s (mlx-dm / mlx_lm.lora)": ours.median("tokens_per_second") / stock.median("tokens_per_second"),
+        "train peak memory (mlx-dm / mlx_lm.lora)": ours.median("peak_memory_gb") / stock.median("peak_memory_gb")}
+
+
+def compare_generation(project, current: dict, base_path: Path, prompt: str, max_tokens: int, repetitions: int,
+                       say) -> tuple[list[Measurement], dict[str, float]]:
+    """Decode speed of the app's model: MLX with its adapter, fused, 4-bit; its f16 and quantised GGUFs."""
+    from .registry import find_version
+
+    entry = find_version(project.root, current["version"])
+    adapter = project.path(entry["gguf_path"]).parent / "adapters"
+    adapter = adapter if adapter.exists() else None
+    say("bench: generation (MLX with the adapter, MLX 4-bit, GGUF files)")
+    mlx = bench_mlx_generation("MLX + adapter", base_path, adapter, prompt, max_tokens, repetitions)
+    measurements = [mlx]
+    fused = project.runs_dir / current["run"] / "export" / "fused"
+    if (fused / "config.json").exists():
+        measurements.append(bench_mlx_generation("MLX fused", fused, None, prompt, max_tokens, repetitions))
+    try:
+        measurements.append(bench_mlx_generation("MLX 4-bit + adapter", base_path, adapter, prompt, max_tokens,
+                                                 repetitions, quantize_4bit=True))
+    except Exception as exc:  # noqa: BLE001 - a base whose shapes do not quantise is reported, not fatal
+        say(f"MLX 4-bit skipped: {exc}")
+    f16 = sorted(project.runs_dir.glob(f"{current['run']}/export/*-f16.gguf"))
+    for name, path in (("GGUF f16", f16[0] if f16 else None), (f"GGUF {current['quant']}", project.path(current["gguf_path"]))):
+        if path is not None and path.exists():
+            measurements.append(bench_gguf_generation(name, path, prompt, max_tokens, repetitions))
+    ratios = {}
+    if measurements[-1].name.startswith("GGUF"):
+        ratios[f"decode tokens/s (GGUF {current['quant']} / MLX + adapter)"] = (
+            measurements[-1].median("decode_tps") / mlx.median("decode_tps"))
+    by_name = {m.name: m for m in measurements}
+    if "MLX fused" in by_name:
+        ratios["decode tokens/s (MLX fused / MLX + adapter)"] = by_name["MLX fused"].median("decode_tps") / mlx.median("decode_tps")
+    return measurements, ratios

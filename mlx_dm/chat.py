@@ -9,61 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable
 
-from .data.render import TOOL_RESULTS_PREFIX, render_messages
+from .data.render import TOOL_RESULTS_PREFIX, context_text, render_messages
+from .data.parse import parse_member, parse_text
+from .data.scenario import Scenario
 from .data.toolcalls import find_calls
-from .dice import DICE_TOOLS, DiceError, DiceRoller
-from .errors import ModelError
-from .export.place import STOP_WORDS as STOP_TEXT  # the same stop words the app is told to use
-
-
-class Backend(Protocol):
-    def stream(self, prompt: str, max_tokens: int) -> Iterator[str]: ...
-
-
-class GgufBackend:
-    def __init__(self, path: Path, n_ctx: int = 2048, temperature: float = 0.0, seed: int = 0) -> None:
-        from .export.check import open_gguf
-
-        if not Path(path).is_file():
-            raise ModelError(f"no GGUF file at {path}", "pass --model with a .gguf from assets/models (see manifest.json)")
-        try:
-            self.llm = open_gguf(path, n_ctx, seed=seed)
-        except ValueError as exc:
-            raise ModelError(f"llama.cpp could not load {path}: {exc}",
-                             "check the file is a complete GGUF (re-export with `mlx-dm export`)") from exc
-        self.temperature = temperature
-
-    def stream(self, prompt: str, max_tokens: int) -> Iterator[str]:
-        tokens = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
-        for chunk in self.llm.create_completion(tokens, max_tokens=max_tokens, temperature=self.temperature,
-                                                top_k=1 if self.temperature == 0 else 40, stop=list(STOP_TEXT),
-                                                stream=True):
-            yield chunk["choices"][0]["text"]
-
-
-class MlxBackend:
-    def __init__(self, base: Path, adapter: Path | None = None, temperature: float = 0.0) -> None:
-        from .model.load import load_model
-
-        self.loaded = load_model(base, adapter_path=adapter)
-        self.temperature = temperature
-
-    def stream(self, prompt: str, max_tokens: int) -> Iterator[str]:
-        from mlx_lm import stream_generate
-        from mlx_lm.sample_utils import make_sampler
-
-        ids = self.loaded.tokenizer.encode(prompt, add_special_tokens=False)
-        text = ""
-        for response in stream_generate(self.loaded.model, self.loaded.tokenizer, ids, max_tokens=max_tokens,
-                                        sampler=make_sampler(temp=self.temperature)):
-            text += response.text
-            stop = next((s for s in STOP_TEXT if s in text), None)
-            if stop:
-                yield response.text.split(stop)[0]
-                return
-            yield response.text
+from .dice import DICE_TOOLS, DiceError, DiceRoller, modifiers_from_sheet
+from .errors import DataError
+from .inference import Backend
 
 
 @dataclass
@@ -140,3 +94,60 @@ def resolve_calls(reply: str, roller: DiceRoller) -> list[str]:
             except DiceError as exc:
                 results.append(f"{call.name}: could not roll ({exc})")
     return results
+
+
+COMMANDS_HELP = "/roll 1d20+3 · /tools · /save file.md · /reset · /quit"
+
+
+def chat_setting(scenario: Path | None, world: str, location: str, party: list[str]) -> Scenario:
+    """The scene to play: a scenario file's world, place, party and sheet (its turns left out), or the flags'."""
+    if scenario is None:
+        return Scenario(path="chat", role="Dungeon Master", world=world, location=location,
+                        party=[member for member in (parse_member(p, 0) for p in party) if member])
+    parsed = parse_text(Path(scenario).read_text(encoding="utf-8"), Path(scenario).name)
+    if parsed.scenario is None:
+        raise DataError(f"{scenario} is not a usable scenario: {parsed.problems[0] if parsed.problems else parsed.skipped_reason}",
+                        "fix it (see `mlx-dm data validate`) or use --world/--location/--party")
+    parsed.scenario.turns = []
+    return parsed.scenario
+
+
+def new_session(backend: Backend, setting: Scenario, seed: int, max_tokens: int) -> ChatSession:
+    roller = DiceRoller(seed=seed, modifiers=modifiers_from_sheet(setting.player), actor=setting.player_name)
+    return ChatSession(backend, context_text(setting), roller, max_tokens=max_tokens)
+
+
+def play(session: ChatSession, text: str, emit: Callable[[str], None]) -> None:
+    emit("DM: ")
+    session.turn(text, emit)
+    emit("\n")
+
+
+def handle(line: str, session: ChatSession, setting: Scenario, agent_tools: list[str], emit: Callable[[str], None]) -> bool:
+    """One line of the chat: a /command or a player's action. False when the player quits."""
+    if line in ("/quit", "/exit"):
+        return False
+    if line == "/reset":
+        session.reset()
+        emit("(conversation reset)\n")
+    elif line.startswith("/roll"):
+        try:
+            result = session.roller.roll(line[5:].strip() or "1d20")
+            emit(f"{result.expression} = {result.detail} = {result.total}\n")
+        except DiceError as exc:
+            emit(f"{exc}\n")
+    elif line == "/tools":
+        emit(f"dice: {', '.join(DICE_TOOLS)}; the app's agent acts on: {', '.join(agent_tools)}\n")
+    elif line.startswith("/save"):
+        target = Path(line[5:].strip() or "chat-scenario.md")
+        if target.exists():
+            emit(f"{target} exists; choose another name (nothing you wrote is overwritten)\n")
+            return True
+        party = [f"{m.name} ({m.description})" if m.description else m.name for m in setting.party]
+        target.write_text(session.to_markdown(setting.world, setting.location, party), encoding="utf-8")
+        emit(f"saved {target}\n")
+    elif line.startswith("/"):
+        emit(f"unknown command {line}; {COMMANDS_HELP}\n")
+    else:
+        play(session, line, emit)
+    return True

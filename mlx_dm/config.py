@@ -1,4 +1,8 @@
-"""All settings as dataclasses: hardware-profile defaults, then `mlx-dm.toml`, then flags."""
+"""All settings as frozen dataclasses: hardware-profile defaults, then `mlx-dm.toml`, then flags.
+
+Settings are resolved once (`load_config`) and not changed afterwards: a stage that needs other
+values gets a new Config from `override`, checked like flags are, and every run's config.json
+records what it ran with."""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ CONFIG_FILE = "mlx-dm.toml"
 DEFAULT_AGENT_TOOLS = ("roll", "update", "damage", "heal", "status", "inventory", "skill_check")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     scenarios_dir: str = "ai-training"  # where the scenario .md files are, searched at any depth
     dataset_dir: str = ".mlx-dm/dataset"  # the built dataset (train/valid JSONL, stats, report)
@@ -40,7 +44,7 @@ class DataConfig:
     agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT_TOOLS))  # tool names the app's agent acts on
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     base_model: str = DEFAULT_BASE_MODEL  # Hugging Face repo id, local folder, "tiny", "tiny-vision" or "gemma3-270m"
     quantize_base: bool = False  # train on a 4-bit copy of the base (QLoRA); the profile turns it on when memory is short
@@ -49,7 +53,7 @@ class ModelConfig:
     keep_versions: int = 5  # stored model versions in assets/models/versions (the current and the previous always stay)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 3  # passes over the training split
     batch_size: int = 1  # packed rows per step
@@ -79,7 +83,7 @@ class TrainConfig:
     replay_fraction: float = 0.5  # incremental: share of the old scenarios trained again beside the new ones
 
 
-@dataclass
+@dataclass(frozen=True)
 class ValidateConfig:
     """`mlx-dm validate`: what is generated and the thresholds a model must meet to be used."""
 
@@ -97,7 +101,7 @@ class ValidateConfig:
     quality_thresholds: bool = True  # off for the tiny dev model, which cannot learn the DM in minutes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     project_dir: str = "."
     runs_dir: str = "runs"  # one folder per train/bench run
@@ -115,9 +119,23 @@ class Config:
     def path(self, relative: str) -> Path:
         return (Path(self.project_dir) / relative).resolve()
 
+    def override(self, where: str = "settings", **sections: dict[str, Any]) -> "Config":
+        """A copy with these values (None leaves a value as it is), checked as flags are:
+        `config.override(train={"max_steps": 16})`."""
+        result = self
+        for section, values in sections.items():
+            values = {k: v for k, v in values.items() if v is not None}
+            if section == "":
+                result = _apply(result, values, where)
+            elif values:
+                result = dataclasses.replace(result, **{section: _apply(getattr(result, section), values, where)})
+        return result
 
-def _apply(section: Any, values: dict[str, Any], where: str) -> None:
+
+def _apply(section: Any, values: dict[str, Any], where: str) -> Any:
+    """`section` with `values` set, each checked against the field's type; a new object."""
     known = {f.name: f for f in dataclasses.fields(section)}
+    changes: dict[str, Any] = {}
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in known:
@@ -129,7 +147,7 @@ def _apply(section: Any, values: dict[str, Any], where: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"'{key}' in {where} must be a table", f"write it as [{name}] with key = value lines")
-            _apply(current, value, f"{where} [{name}]")
+            changes[name] = _apply(current, value, f"{where} [{name}]")
             continue
         if current is not None and not isinstance(current, (dict, list)) and value is not None:
             expected = type(current)
@@ -140,7 +158,8 @@ def _apply(section: Any, values: dict[str, Any], where: str) -> None:
                     f"'{key}' in {where} must be {expected.__name__}, got {value!r}",
                     f"write e.g. {name} = {current!r}",
                 )
-        setattr(section, name, value)
+        changes[name] = value
+    return dataclasses.replace(section, **changes)
 
 
 def explicit_settings(project_dir: str | Path) -> set[str]:
@@ -163,18 +182,16 @@ def load_config(
     config = Config(project_dir=str(Path(project_dir).resolve()))
     if hardware is not None:
         profile = recommend_profile(hardware)
-        config.train.batch_size = profile.batch_size
-        config.train.max_seq_length = profile.max_seq_length
-        config.train.grad_checkpoint = profile.grad_checkpoint
-        config.model.quantize_base = profile.quantize_base
+        config = config.override(train={"batch_size": profile.batch_size, "max_seq_length": profile.max_seq_length,
+                                        "grad_checkpoint": profile.grad_checkpoint},
+                                 model={"quantize_base": profile.quantize_base})
     toml_path = Path(project_dir) / CONFIG_FILE
     if toml_path.exists():
         try:
             values = tomllib.loads(toml_path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{toml_path}: not valid TOML ({exc})", "fix the line named above, or delete the file to use defaults") from exc
-        _apply(config, values, str(toml_path))
+        config = _apply(config, values, str(toml_path))
     for section, values in (overrides or {}).items():
-        target = config if section == "" else getattr(config, section)
-        _apply(target, {k: v for k, v in values.items() if v is not None}, f"--{section} flags" if section else "flags")
+        config = config.override(f"--{section} flags" if section else "flags", **{section: values})
     return config

@@ -175,7 +175,8 @@ def float32_bytes(folder, training: bool = False) -> int:
     (integer types) count at twice their stored size. ``training``: what a training run holds,
     without Gemma 3n's per-layer embedding table (it keeps only the rows its data uses:
     model/per_layer_embeddings.py)."""
-    from .model.hub import PER_LAYER_TABLE, safetensors_headers
+    from .files import safetensors_headers
+    from .model.hub import PER_LAYER_TABLE
 
     return sum(2 * (info["data_offsets"][1] - info["data_offsets"][0]) if info["dtype"][0] in "IU"
                else 4 * math.prod(info["shape"]) for name, info in safetensors_headers(folder).items()

@@ -1,56 +1,18 @@
-"""Run folders, logging, metrics.jsonl and atomic file writes."""
+"""Run folders, their log files and metrics.jsonl."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from .files import atomic_write_text
 
 LOGGER_NAME = "mlx_dm"
 log = logging.getLogger(LOGGER_NAME)
-
-
-@contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success it replaces ``target`` in one rename.
-
-    On any failure (or Ctrl-C) the temporary file is removed and ``target`` is left as it was.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what any new file would
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(target: Path, text: str) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
-def atomic_write_json(target: Path, data: Any) -> None:
-    atomic_write_text(target, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @dataclass

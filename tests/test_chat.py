@@ -103,7 +103,8 @@ def test_chat_in_a_real_terminal(tiny_gguf, tmp_path):
 
 
 def test_mlx_backend_streams_until_end_of_turn(tmp_path):
-    from mlx_dm.chat import ChatSession, MlxBackend
+    from mlx_dm.chat import ChatSession
+    from mlx_dm.inference import MlxBackend
     from mlx_dm.model.tiny import build_tiny_model
 
     backend = MlxBackend(build_tiny_model(tmp_path / "tiny", ROOT / "ai-training"))
@@ -113,3 +114,29 @@ def test_mlx_backend_streams_until_end_of_turn(tmp_path):
     assert replies[0] == "".join(pieces).strip() and "<end_of_turn>" not in replies[0]
     assert session.messages[0]["content"].startswith("World: Greyhawk\n\nI look around.")
     assert [m["role"] for m in session.messages] == ["user", "assistant"]
+
+
+def test_gguf_replies_stop_at_max_tokens_even_mid_utf8(tmp_path):
+    """A model that only writes UTF-8 lead bytes (0xE2, 0xE3: never a whole character), like an
+    undertrained one writing stray byte tokens. llama-cpp-python 0.3.36's create_completion then
+    ignores max_tokens and runs until the context is full; GgufBackend.stream stops at max_tokens."""
+    import numpy as np
+
+    from mlx_dm.inference import GgufBackend
+    from mlx_dm.llama.smoke import TOKENS, WIDTH, write_smoke_gguf
+
+    head = np.zeros((len(TOKENS), WIDTH), np.float32)
+    direction = np.random.default_rng(0).standard_normal(WIDTH).astype(np.float32)
+    head[TOKENS.index("<0xE2>")], head[TOKENS.index("<0xE3>")] = direction, -direction  # one of them wins
+    gguf = write_smoke_gguf(tmp_path / "lead-bytes.gguf", output=head)
+
+    backend = GgufBackend(gguf, n_ctx=128)
+    llm = backend.llm
+    prompt = llm.tokenize(b"The dungeon", add_bos=True)
+    with pytest.raises(RuntimeError, match="llama_decode returned 1"):  # the upstream bug: max_tokens=4 ignored
+        for _ in llm.create_completion(prompt, max_tokens=4, temperature=0.0, top_k=1, stream=True):
+            pass
+    assert llm.n_tokens == llm.n_ctx()  # it filled the whole context
+    pieces = list(backend.stream("The dungeon", max_tokens=4))
+    assert llm.n_tokens - len(llm.tokenize(b"The dungeon", add_bos=False, special=True)) <= 4
+    assert "".join(pieces).count("\ufffd") >= 1  # the stray bytes come out as replacement characters, once whole

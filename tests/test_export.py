@@ -13,7 +13,8 @@ import pytest
 from mlx_dm.errors import ExportError
 from mlx_dm.export.fuse import check_adapter
 from mlx_dm.export.gguf import gguf_metadata, quantize
-from mlx_dm.export.place import cactus_snippet, next_version
+from mlx_dm.app_config import cactus_snippet
+from mlx_dm.registry import next_version
 
 from .conftest import ROOT
 from .test_train import make_project
@@ -84,7 +85,7 @@ def test_f32_gguf_computes_the_mlx_graph_up_to_llama_cpps_conventions(tmp_path):
     import numpy as np
     from llama_cpp import Llama
 
-    from mlx_dm.export.check import llama_cpp_numerics
+    from mlx_dm.evaluate.diagnostics import llama_cpp_numerics
     from mlx_dm.export.gguf import convert_to_gguf
     from mlx_dm.model.load import load_model
     from mlx_dm.model.tiny import build_tiny_model
@@ -188,7 +189,7 @@ def test_next_version_and_snippet(tmp_path):
     (tmp_path / "versions" / "dm-v7").mkdir(parents=True)
     (tmp_path / "other-v9-Q8_0.gguf").write_bytes(b"x")
     assert next_version(tmp_path, "dm") == "v8"
-    from mlx_dm.export.place import PlacedModel
+    from mlx_dm.registry import PlacedModel
 
     placed = PlacedModel("dm", "v2", "Q4_K_M", "assets/models/dm-v2-Q4_K_M.gguf", "assets/models/dm-v2-mmproj.gguf",
                          "0" * 64, 1, "b", "r", "f", 2048, "now")

@@ -29,7 +29,7 @@ def small_gemma3_text():
 def test_gemma3_text_mask_keeps_packed_sequences_apart():
     import mlx.core as mx
 
-    from mlx_dm.train.trainer import attention_mask
+    from mlx_dm.train.step import attention_mask
 
     patches.apply()
     model = small_gemma3_text()
@@ -94,7 +94,7 @@ def imported(tmp_path_factory):
 
 @pytest.mark.slow
 def test_imported_checkpoint_computes_what_llama_cpp_computes(imported):
-    from mlx_dm.model.gguf_import import verify_import
+    from mlx_dm.evaluate.parity import verify_import
 
     original, checkpoint, f16 = imported
     config = json.loads((checkpoint / "config.json").read_text())
@@ -114,7 +114,7 @@ def test_imported_tokenizer_matches_llama_cpp_on_the_training_text(imported):
     import sentencepiece as spm
 
     from mlx_dm.data.dataset import build_dataset
-    from mlx_dm.export.check import open_gguf
+    from mlx_dm.llama.runtime import open_gguf
 
     original, checkpoint, f16 = imported
     processor = spm.SentencePieceProcessor(model_file=str(checkpoint / "tokenizer.model"))
@@ -143,7 +143,7 @@ def test_imported_tokenizer_matches_llama_cpp_on_the_training_text(imported):
 
 
 def test_default_quant_keeps_small_gemma3_models_at_q8(tmp_path):
-    from mlx_dm.cli import default_quant
+    from mlx_dm.pipeline.settings import default_quant
 
     for model_type, expected in (("gemma3_text", "Q8_0"), ("gemma3n", "Q4_K_M")):
         folder = tmp_path / model_type

@@ -199,7 +199,7 @@ def _lora_gradients(model, arrays) -> tuple[float, dict]:
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlx_dm.train.trainer import loss_fn
+    from mlx_dm.train.step import loss_fn
 
     (loss, _), grads = nn.value_and_grad(model, loss_fn)(model, *arrays)
     return loss.item(), {name: np.array(value) for name, value in tree_flatten(grads)}
@@ -209,7 +209,8 @@ def _lora_gradients(model, arrays) -> tuple[float, dict]:
 def lora_tiny(tiny_dir):
     from mlx_dm.config import Config
     from mlx_dm.train import batching
-    from mlx_dm.train.trainer import apply_lora, batch_arrays
+    from mlx_dm.train.setup import apply_lora
+    from mlx_dm.train.step import batch_arrays
 
     model = load_model(tiny_dir, dtype="float32").model
     apply_lora(model, Config())
@@ -220,7 +221,7 @@ def lora_tiny(tiny_dir):
 
 def test_gradient_checkpointing_keeps_gemma3n_gradients_exact(lora_tiny):
     """Fix 5: checkpointed layers, KV sharing included, give the same loss and LoRA gradients."""
-    from mlx_dm.train.trainer import enable_grad_checkpoint
+    from mlx_dm.train.setup import enable_grad_checkpoint
 
     model, arrays = lora_tiny
     loss, plain = _lora_gradients(model, arrays)

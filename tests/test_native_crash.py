@@ -9,7 +9,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -54,7 +53,7 @@ def test_doctor_runs_llama_cpp_in_a_child_and_reports_it():
 def test_a_signal_in_llama_cpp_is_named_with_its_stage_and_a_rebuild_hint():
     stack = ('Fatal Python error: Illegal instruction\n\nCurrent thread 0x1 (most recent call first):\n'
              '  File "/venv/lib/python3.11/site-packages/llama_cpp/_internals.py", line 57 in __init__\n'
-             '  File "/src/mlx_dm/export/check.py", line 161 in open_gguf\n')
+             '  File "/src/mlx_dm/llama/runtime.py", line 16 in open_gguf\n')
     crash = supervise.describe_crash(signal.SIGILL, {"stage": "export", "step": "checking the GGUF files with llama.cpp",
                                                      "log": "runs/x/run.log"}, stack)
     assert crash.exit_code == 132
@@ -97,8 +96,8 @@ def _stage_run(project: Path, name: str, key: str, status: str = "finished") -> 
 
 
 def _register(project: Path, run: str, version: str, status: str) -> None:
-    from mlx_dm.export.place import load_manifest, models_dir_of
-    from mlx_dm.runs import atomic_write_json
+    from mlx_dm.registry import load_manifest, models_dir_of
+    from mlx_dm.files import atomic_write_json
 
     models = models_dir_of(project)
     gguf = models / "versions" / f"dm-{version}" / f"dm-{version}.gguf"
@@ -130,7 +129,7 @@ def test_a_rerun_resumes_at_the_first_stage_its_finished_run_has_not_done(tmp_pa
 
 
 def test_files_placed_for_the_app_get_ordinary_permissions(tmp_path):
-    from mlx_dm.runs import atomic_write_text
+    from mlx_dm.files import atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mlx_dm.errors import ModelError
-from mlx_dm.export.place import load_manifest, promote, prune_versions, rollback, stage
+from mlx_dm.registry import load_manifest, promote, prune_versions, rollback, stage
 
 
 def staged(project: Path, tmp_path: Path, content: bytes):

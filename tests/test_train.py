@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mlx_dm.train import batching
-from mlx_dm.train.trainer import attention_mask
+from mlx_dm.train.step import attention_mask
 
 from .conftest import ROOT
 
@@ -197,8 +197,8 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path):
 
 @pytest.mark.slow
 def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
-    from mlx_dm.cli import build_dataset_from_config
     from mlx_dm.config import load_config
+    from mlx_dm.pipeline.data import build
     from mlx_dm.model.tiny import build_tiny_model
     from mlx_dm.runs import new_run
     from mlx_dm.train.trainer import train
@@ -207,11 +207,10 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
     base = build_tiny_model(tmp_path / "tiny", project / "ai-training")
     results = {}
     for name, batch, accumulation in (("batch2", 2, 1), ("accumulated", 1, 2)):
-        config = load_config(project)
-        config.train.batch_size, config.train.grad_accumulation = batch, accumulation
-        config.train.max_steps, config.train.epochs, config.train.learning_rate = 3, 5, 1e-3
-        config.train.steps_per_eval = config.train.steps_per_checkpoint = 100
-        _, dataset_dir = build_dataset_from_config(config)
+        config = load_config(project).override(train={
+            "batch_size": batch, "grad_accumulation": accumulation, "max_steps": 3, "epochs": 5, "learning_rate": 1e-3,
+            "steps_per_eval": 100, "steps_per_checkpoint": 100})
+        dataset_dir = build(config).path
         results[name] = train(config, dataset_dir, base, new_run(tmp_path / "runs", name)).history
     assert [r["tokens"] for r in results["batch2"]] == [r["tokens"] for r in results["accumulated"]]
     for one, other in zip(results["batch2"], results["accumulated"]):
@@ -224,7 +223,7 @@ def test_loss_on_dm_positions_equals_the_full_logits_loss(tmp_path):
 
     from mlx_dm.model.load import load_model
     from mlx_dm.model.tiny import build_tiny_model
-    from mlx_dm.train.trainer import batch_arrays, loss_fn
+    from mlx_dm.train.step import batch_arrays, loss_fn
 
     model = load_model(build_tiny_model(tmp_path / "tiny", None), dtype="float32").model
     rng = np.random.default_rng(0)
@@ -285,7 +284,7 @@ def test_memory_probe_splits_the_batch_to_fit_and_keeps_the_effective_batch(tmp_
     from mlx_dm.config import load_config
     from mlx_dm.model.load import load_model
     from mlx_dm.model.tiny import build_tiny_model
-    from mlx_dm.train.trainer import apply_lora, choose_micro_batch, step_memory_probe
+    from mlx_dm.train.setup import apply_lora, choose_micro_batch, step_memory_probe
 
     base = build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")
     config = load_config(tmp_path)
@@ -379,7 +378,7 @@ def test_per_layer_table_keeps_the_rows_of_the_data_and_computes_the_same_loss(t
     from mlx_dm.model import per_layer_embeddings
     from mlx_dm.model.load import load_model
     from mlx_dm.model.tiny import TinySpec, build_tiny_model
-    from mlx_dm.train.trainer import batch_arrays, loss_fn
+    from mlx_dm.train.step import batch_arrays, loss_fn
 
     spec = replace(TinySpec(), per_layer_vocab=8192, extra_vocab=8192 - 640)
     base = build_tiny_model(tmp_path / "tiny", None, spec)
@@ -422,7 +421,7 @@ def test_kv_shared_layers_at_the_loss_positions_give_the_same_loss_and_gradients
     from mlx_dm.model import patches
     from mlx_dm.model.load import load_model
     from mlx_dm.model.tiny import build_tiny_model
-    from mlx_dm.train.trainer import batch_arrays, loss_fn
+    from mlx_dm.train.step import batch_arrays, loss_fn
 
     model = load_model(build_tiny_model(tmp_path / "tiny", None), dtype="float32").model
     model.freeze()

@@ -53,7 +53,7 @@ def vision_export(tmp_path_factory):
     from mlx_dm.model.hub import resolve_base
     from mlx_dm.model.load import load_model
     from mlx_dm.train.checkpoint import save_adapter
-    from mlx_dm.train.trainer import apply_lora
+    from mlx_dm.train.setup import apply_lora
 
     from .test_train import make_project
 
@@ -64,9 +64,9 @@ def vision_export(tmp_path_factory):
     adapter = project / "adapter"
     adapter.mkdir()
     save_adapter(adapter, loaded.model, apply_lora(loaded.model, config))
-    from mlx_dm.cli import build_dataset_from_config
+    from mlx_dm.pipeline.data import build
 
-    _, dataset_dir = build_dataset_from_config(config)
+    dataset_dir = build(config).path
     result = export_model(ExportSpec(base, adapter, project / "work", project, dataset_dir, "dm-tiny-gemma3n-vision",
                                      "tiny-vision", "run0", vision=True), say=lambda _: None)
     return project, base, result
@@ -95,7 +95,7 @@ def test_vision_export_writes_an_mmproj_that_encodes_an_image(vision_export):
 
 @pytest.mark.slow
 def test_vision_export_places_the_mmproj_and_a_cactus_vlm_config(vision_export):
-    from mlx_dm.export.place import promote
+    from mlx_dm.registry import promote
 
     project, _, result = vision_export
     placed = result.placed
@@ -139,7 +139,7 @@ def test_upstream_mmproj_with_vector_layer_scales_aborts_at_the_first_image(visi
     _, base, result = vision_export
     view = _vision_view(base, tmp_path / "view", with_audio=False)
     mmproj = convert_to_gguf(view, tmp_path / "mmproj.gguf", "f16", mmproj=True)
-    code = ("import sys; from mlx_dm.export.check import check_mmproj; "
+    code = ("import sys; from mlx_dm.evaluate.gguf_checks import check_mmproj; "
             "print(check_mmproj(sys.argv[1], sys.argv[2]))")
     crashed = subprocess.run([sys.executable, "-c", code, str(result.gguf), str(mmproj)], capture_output=True,
                              text=True, cwd=ROOT, timeout=300)
@@ -162,7 +162,7 @@ def vision_weights_digest(base: Path) -> str:
 @pytest.mark.slow
 def test_mmproj_image_embeddings_match_transformers(vision_export):
     """llama.cpp's encoding of a 768x768 image against transformers + timm (tests/reference/)."""
-    from mlx_dm.export.check import encode_image, test_image
+    from mlx_dm.evaluate.gguf_checks import encode_image, test_image
 
     _, base, result = vision_export
     reference = np.load(ROOT / "tests" / "fixtures" / "gemma3n_vision_reference.npz")
@@ -180,7 +180,7 @@ def test_mmproj_image_embeddings_match_transformers(vision_export):
 
 @pytest.mark.slow
 def test_mmproj_beside_a_text_model_of_another_width_fails_the_check_with_llama_cpps_reason(vision_export, tmp_path):
-    from mlx_dm.export.check import check_mmproj
+    from mlx_dm.evaluate.gguf_checks import check_mmproj
 
     _, _, result = vision_export
     narrow = convert_to_gguf(build_tiny_model(tmp_path / "tiny", None), tmp_path / "tiny-f16.gguf")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from ..runs import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from . import toolcalls
 from .discover import ScanResult, scan
 from .render import context_text, render_scenario

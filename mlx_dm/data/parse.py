@@ -12,29 +12,17 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-import unicodedata
 from dataclasses import dataclass, field
 
 from . import toolcalls
 from .scenario import DM, SYSTEM, TOOLCALL, USER, PartyMember, Problem, Scenario, ToolResult, Turn
+from .sections import BULLET, EMPHASIS, HEADING, NONE_LINE, body_text, clean_text, split_heading_form, split_tag_form
 
-_HEADING = re.compile(r"^(#{1,6})[ \t]+(.*?)[ \t]*#*[ \t]*$")
-_FENCE = re.compile(r"^\s*(```|~~~)")
-_KEYWORD = re.compile(
-    r"^(system|user|player|dm|dungeon[ _]master|tool[ _]?calls?|tool[ _]results?)(?=$|[\s(:\-–—\[])(.*)$",
-    re.IGNORECASE,
-)
 _KEY_VALUE = re.compile(
     r"^\s*(?:[-*+]\s+)?\*{0,2}([A-Za-z][A-Za-z0-9_'/ -]{0,40}?)\*{0,2}\s*:\s*\*{0,2}\s*(.*?)\s*$"
 )
-_BULLET = re.compile(r"^\s*[-*+]\s+(.*?)\s*$")
 _MEMBER = re.compile(r"^\*{0,2}([^(:*—–-]+?)\*{0,2}\s*(?:\((.*)\)|[:—–-]\s*(.*))?\s*$")
-_TAG = re.compile(r"<(system|user|player|dm|toolcall)>(.*?)</\1\s*>", re.IGNORECASE | re.DOTALL)
-_NONE = re.compile(r"^\s*_?\*?\s*(none|no companions|n/a)\s*\*?_?\s*$", re.IGNORECASE)
-_EMPHASIS = re.compile(r"^[*_`]+|[*_`]+$")
 _LEVEL = re.compile(r"(?i)^level\s+\d+")
-_BLANK_RUN = re.compile(r"\n{3,}")
-_TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)  # what str.rstrip() removes from each line
 
 KNOWN_KEYS = ("Role", "World", "Location", "Category", "Tags", "Party")
 
@@ -55,36 +43,6 @@ class ParseResult:
         return [p for p in self.problems if p.severity == "warning"]
 
 
-def clean_text(text: str) -> str:
-    """Normalise without changing meaning: NFC, LF line ends, no BOM, no trailing spaces,
-    straight quotes inside tool calls, at most one blank line in a row."""
-    text = text.lstrip("\ufeff")
-    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
-        text = unicodedata.normalize("NFC", text)
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _TRAILING_SPACE.sub("", text)
-    if "\n\n\n" in text:
-        text = _BLANK_RUN.sub("\n\n", text)
-    return toolcalls.normalise_call_quotes(text).strip("\n") + "\n"
-
-
-@functools.lru_cache(maxsize=4096)
-def _keyword(heading: str) -> str | None:
-    text = _EMPHASIS.sub("", heading.strip()).strip()
-    match = _KEYWORD.match(text)
-    if not match:
-        return None
-    word = match.group(1).lower().replace(" ", "").replace("_", "")
-    if word in ("user", "player"):
-        return USER
-    if word in ("dm", "dungeonmaster"):
-        return DM
-    if word == "system":
-        return SYSTEM
-    return TOOLCALL
-
-
 @functools.lru_cache(maxsize=16384)
 def _key_value(line: str) -> tuple[str, str] | None:
     match = _KEY_VALUE.match(line)
@@ -101,112 +59,6 @@ _KNOWN_BY_LOWER = {known.lower(): known for known in KNOWN_KEYS}
 
 def _canonical_key(key: str) -> str:
     return _KNOWN_BY_LOWER.get(key.lower(), key)
-
-
-@dataclass
-class _Block:
-    kind: str | None  # keyword kind, or None for a speaker section
-    heading: str
-    line: int  # line of the heading (1-based); 0 for the preamble
-    lines: list[str] = field(default_factory=list)  # the section's lines (cleaned: blank lines are "")
-    first: int = 0  # line number of lines[0]
-    skipped: frozenset[int] = frozenset()  # line numbers in the range that belong to no section (titles)
-
-    @property
-    def body(self) -> list[tuple[int, str]]:
-        """(line number, text) of every line of the section."""
-        numbered = zip(range(self.first, self.first + len(self.lines)), self.lines)
-        return [pair for pair in numbered if pair[0] not in self.skipped] if self.skipped else list(numbered)
-
-
-def _split_heading_form(lines: list[str], text: str | None = None) -> tuple[str, list[_Block], list[tuple[int, str]]]:
-    """Title, section blocks and preamble lines of a file in heading form."""
-    headings: list[tuple[int, int, str]] = []  # (index, level, text)
-    in_fence = False
-    text = "\n".join(lines) if text is None else text
-    if "```" not in text and "~~~" not in text:
-        lines_to_check = [(index, line) for index, line in enumerate(lines) if line[:1] == "#"]
-    else:
-        lines_to_check = list(enumerate(lines))
-    for index, line in lines_to_check:
-        first = line[:1]
-        if first not in ("#", "`", "~", " ", "\t"):
-            continue  # the common case, decided without a regex
-        if _FENCE.match(line):
-            in_fence = not in_fence
-            continue
-        if not in_fence and first == "#":
-            match = _HEADING.match(line)
-            if match:
-                headings.append((index, len(match.group(1)), match.group(2)))
-    section_level = next((level for _, level, text in headings if _keyword(text)), None)
-    if section_level is None:
-        return "", [], []
-    title = ""
-    blocks: list[_Block] = []
-    dropped: set[int] = set()  # title headings: in no section's text
-    starts: list[int] = []  # line index of each section heading
-    current: _Block | None = None
-    for index, level, text in headings:
-        # Headings above the section level, and any before the first section, are a title.
-        if level < section_level or (current is None and not _keyword(text)):
-            title = title or _EMPHASIS.sub("", text).strip()
-            dropped.add(index)
-        elif level == section_level and not _is_sheet_heading(text, current, lines, index):
-            current = _Block(_keyword(text), text, index + 1)
-            blocks.append(current)
-            starts.append(index)
-
-    skipped = frozenset(index + 1 for index in dropped)
-
-    def section(block: _Block, begin: int, end: int) -> _Block:
-        block.lines, block.first = lines[begin:end], begin + 1
-        block.skipped = frozenset(n for n in skipped if begin < n <= end) if skipped else skipped
-        return block
-
-    preamble = section(_Block(None, "", 0), 0, starts[0] if starts else len(lines)).body
-    for number, block in enumerate(blocks):
-        section(block, starts[number] + 1, starts[number + 1] if number + 1 < len(starts) else len(lines))
-    return title, blocks, preamble
-
-
-def _is_sheet_heading(text: str, current: _Block | None, lines: list[str], index: int) -> bool:
-    """`Player`/`Party` at the section level inside SYSTEM is a sub-section when a list follows."""
-    if current is None or current.kind != SYSTEM:
-        return False
-    name = _EMPHASIS.sub("", text).strip().lower()
-    if name not in ("player", "party", "player character", "character sheet", "companions"):
-        return False
-    for line in lines[index + 1:]:
-        if line.strip():
-            return bool(_BULLET.match(line) or _NONE.match(line) or line.lstrip().startswith("#"))
-    return False
-
-
-def _split_tag_form(text: str) -> list[_Block]:
-    blocks = []
-    for match in _TAG.finditer(text):
-        kind = _keyword(match.group(1))
-        first_line = text.count("\n", 0, match.start(2)) + 1
-        blocks.append(_Block(kind, match.group(1), text.count("\n", 0, match.start()) + 1,
-                             match.group(2).split("\n"), first_line))
-    return blocks
-
-
-def _body_text(block: _Block) -> tuple[str, int]:
-    """Text of a section with surrounding blank lines removed, and its first line number."""
-    if block.skipped:
-        numbered = block.body
-        lines, numbers = [line for _, line in numbered], [number for number, _ in numbered]
-    else:
-        lines, numbers = block.lines, None
-    start, end = 0, len(lines)
-    while start < end and not lines[start].strip():
-        start += 1
-    while end > start and not lines[end - 1].strip():
-        end -= 1
-    first = (numbers[start] if numbers else block.first + start) if start < len(lines) else block.first
-    return ("\n".join(lines[start:end]) if start < end else ""), first
 
 
 def parse_member(text: str, line: int) -> PartyMember | None:
@@ -240,9 +92,9 @@ def _parse_system(scenario: Scenario, body: list[tuple[int, str]], rel: str, pro
     member: PartyMember | None = None
     for lineno, line in body:
         stripped = line.strip()
-        heading = _HEADING.match(line) if line[:1] == "#" else None
+        heading = HEADING.match(line) if line[:1] == "#" else None
         if heading:
-            name = _EMPHASIS.sub("", heading.group(2)).strip()
+            name = EMPHASIS.sub("", heading.group(2)).strip()
             lowered = name.lower()
             if lowered in ("party", "companions"):
                 mode, member = "party", None
@@ -260,10 +112,10 @@ def _parse_system(scenario: Scenario, body: list[tuple[int, str]], rel: str, pro
             if mode in ("main", "other"):
                 prompt_lines.append("")
             continue
-        bullet = _BULLET.match(line) if stripped[0] in "-*+" else None
+        bullet = BULLET.match(line) if stripped[0] in "-*+" else None
         if mode == "party_list" and not bullet:
             mode = "main"
-        if mode in ("party", "member", "party_list") and _NONE.match(stripped.strip("-* ")):
+        if mode in ("party", "member", "party_list") and NONE_LINE.match(stripped.strip("-* ")):
             scenario.party_none = True
             continue
         if mode == "player":
@@ -293,7 +145,7 @@ def _parse_system(scenario: Scenario, body: list[tuple[int, str]], rel: str, pro
             if key == "Party":
                 if not value:
                     mode = "party_list"
-                elif _NONE.match(value):
+                elif NONE_LINE.match(value):
                     scenario.party_none = True
                 else:
                     for name in value.split(","):
@@ -334,10 +186,10 @@ def parse_text(text: str, rel: str) -> ParseResult:
     text = clean_text(text)
     lines = text.split("\n")
     problems: list[Problem] = []
-    title, blocks, preamble = _split_heading_form(lines, text)
+    title, blocks, preamble = split_heading_form(lines, text)
     form = "headings"
     if not blocks:
-        blocks = _split_tag_form(text)
+        blocks = split_tag_form(text)
         form = "tags"
         preamble = []
     if not blocks:
@@ -352,7 +204,7 @@ def parse_text(text: str, rel: str) -> ParseResult:
     scenario.content_sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
     for lineno, line in preamble:
         pair = _key_value(line)
-        if pair and not _BULLET.match(line):
+        if pair and not BULLET.match(line):
             _set_key(scenario, _canonical_key(pair[0]), pair[1])
 
     system_seen = False
@@ -365,7 +217,7 @@ def parse_text(text: str, rel: str) -> ParseResult:
             system_seen = True
             _parse_system(scenario, block.body, rel, problems)
             continue
-        content, first_line = _body_text(block)
+        content, first_line = body_text(block)
         first_line = first_line or block.line
         if not content:
             problems.append(Problem("warning", "empty-section", rel, block.line,
@@ -374,7 +226,7 @@ def parse_text(text: str, rel: str) -> ParseResult:
             continue
         kind, speaker = block.kind, None
         if kind is None:
-            speaker = _EMPHASIS.sub("", block.heading).strip()
+            speaker = EMPHASIS.sub("", block.heading).strip()
             kind = DM  # resolved against the player's name below
         turn = Turn(kind=kind, text=content, line=first_line, speaker=speaker)
         scenario.turns.append(turn)

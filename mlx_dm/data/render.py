@@ -28,6 +28,8 @@ BOS = "<bos>"
 START = "<start_of_turn>"
 END = "<end_of_turn>"
 TOOL_RESULTS_PREFIX = "Tool results:\n"
+# What ends a Gemma reply: the app, chat and validation stop generating at these.
+STOP_WORDS = [END, "<eos>"]
 
 # Gemma 3 / 3n chat template (text part), carried by the tiny model and written into every export.
 # The llama.cpp copy inside llama-cpp-python ships Gemma 2's template, which rejects a system role.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..runs import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from .dataset import ToolInfo
 
 VOCABULARY_FILE = "mlx-dm-tools.json"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ..data.render import render_messages
 from ..data.toolcalls import find_calls, find_look_alikes
-from ..export.gguf import captured_llama_logs
-from ..export.place import STOP_WORDS
+from ..data.render import STOP_WORDS
+from ..llama.runtime import captured_llama_logs, open_gguf
 
 _MIB = re.compile(r"([\d.]+)\s*MiB")
 
@@ -91,8 +91,6 @@ def render_with_gguf_template(template: str, messages: list[dict[str, str]], bos
 def check_compat(gguf: Path, conversations: list[list[dict[str, str]]], n_ctx: int, phone_ram_gb: float,
                  app_memory_fraction: float, speed_prompt: str = "", decode_tokens: int = 32) -> CompatReport:
     """Load the GGUF as the app would (context n_ctx) and check everything the game relies on."""
-    from ..export.check import open_gguf
-
     lines: list[str] = []
     try:
         with captured_llama_logs(lines):

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..chat import Backend
+from ..inference import Backend
 from ..config import ValidateConfig
 from ..errors import ValidationFailed
-from ..runs import atomic_write_json, atomic_write_text
+from ..files import atomic_write_json, atomic_write_text
 from .cases import EvalCase, select_cases
 from .compat import CompatReport, agent_tool_report, check_compat
 from .score import HEURISTIC_METRICS, ExampleScore, aggregate, score_calls, score_context, score_interaction
@@ -157,7 +157,7 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
                    previous_gguf: Path | None = None,
                    progress: Callable[[str, int, int], None] | None = None) -> ValidationReport:
     """Evaluate the GGUF (and the MLX models and the current GGUF, for comparison) and check compatibility."""
-    from ..chat import GgufBackend
+    from ..inference import GgufBackend
 
     cases = select_cases(cases, settings.max_cases)
     # The template check renders a few of the cases' own conversations.

@@ -44,7 +44,7 @@ def fuse(base_dir: Path, adapter_dir: Path, out_dir: Path) -> Path:
     """Write base + adapter as one bf16/fp16 checkpoint in ``out_dir`` (replaced atomically)."""
     from mlx_lm.utils import dequantize_model, save_model
 
-    from ..train.checkpoint import write_dir_atomically
+    from ..files import write_dir_atomically
 
     base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
     check_adapter(adapter_dir, base_dir)

@@ -7,7 +7,6 @@ subprocess so its imports never mix with ours.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import shutil
@@ -16,8 +15,9 @@ import sys
 from pathlib import Path
 
 from ..errors import ExportError
+from ..llama.runtime import quiet_llama_logs
 from ..llama.source import converter_dir
-from ..runs import atomic_path
+from ..files import atomic_path
 
 QUANT_TYPES = {
     "F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
@@ -53,7 +53,7 @@ MMPROJ_CARRIED_FILES = ("config.json", "preprocessor_config.json", "processor_co
 
 def tensor_names(checkpoint: Path) -> list[str]:
     """Tensor names of a safetensors checkpoint, read from the file headers (no weights loaded)."""
-    from ..model.hub import safetensors_headers
+    from ..files import safetensors_headers
 
     return list(safetensors_headers(checkpoint))
 
@@ -140,34 +140,6 @@ def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int 
             raise ExportError(f"llama.cpp could not quantise {in_file} to {quant} (code {code})",
                               "try another type with --quant (e.g. Q8_0), and check the f16 GGUF loads")
     return Path(out_file)
-
-
-@contextlib.contextmanager
-def captured_llama_logs(lines: list[str] | None = None):
-    """Send llama.cpp's log lines to `lines` (or nowhere) while the block runs, then give them back
-    to llama-cpp-python's own callback (which honours verbose=False)."""
-    import llama_cpp
-    from llama_cpp import _logger
-
-    def collect(level, text, user_data):
-        if lines is not None:
-            lines.append(text.decode("utf-8", "replace"))
-
-    from llama_cpp import mtmd_cpp
-
-    callback = llama_cpp.llama_log_callback(collect)
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    mtmd_cpp.mtmd_log_set(callback, ctypes.c_void_p(0))  # the multimodal library logs on its own
-    try:
-        yield lines
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-        mtmd_cpp.mtmd_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-def quiet_llama_logs():
-    """llama.cpp prints a line per tensor while quantising; keep the console readable."""
-    return captured_llama_logs(None)
 
 
 def ensure_disk(folder: Path, needed_bytes: float) -> None:

@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..app_config import cactus_snippet
 from ..errors import ExportError
-from ..runs import atomic_write_json, atomic_write_text
-from .check import GgufCheck, MmprojCheck, Parity, check_gguf, check_mmproj, mlx_reference, parity
+from ..evaluate.gguf_checks import GgufCheck, MmprojCheck, check_gguf, check_mmproj
+from ..evaluate.parity import Parity, mlx_reference, parity
+from ..files import atomic_write_json, atomic_write_text, sha256_of
+from ..registry import PlacedModel, stage
 from .fuse import fuse
 from .gguf import convert_mmproj, convert_to_gguf, gguf_metadata, has_vision_tower, quantize
-from .place import PlacedModel, cactus_snippet, sha256_of, stage
 
 
 # Applied when the standard Q4_K_M mix is over the size budget (E2B: 3.31 GB stock). Chosen with

@@ -20,14 +20,16 @@ import numpy as np
 
 WIDTH, LAYERS, HEADS, FFN, CONTEXT = 256, 2, 4, 512, 128
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
+TOKENS = ["<unk>", "<s>", "</s>", *BYTE_TOKENS, "\u2581"]
 
 
-def write_smoke_gguf(path: Path, seed: int = 0) -> Path:
-    """A two-layer Llama with a byte-level SentencePiece vocabulary and random Q8_0 weights."""
+def write_smoke_gguf(path: Path, seed: int = 0, output: np.ndarray | None = None) -> Path:
+    """A two-layer Llama with a byte-level SentencePiece vocabulary and random Q8_0 weights
+    (`output`: the output head's rows instead, vocabulary x width, to steer what it writes)."""
     import gguf
 
     rng = np.random.default_rng(seed)
-    tokens = ["<unk>", "<s>", "</s>", *BYTE_TOKENS, "\u2581"]
+    tokens = TOKENS
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL,
              *[gguf.TokenType.BYTE] * 256, gguf.TokenType.NORMAL]
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -48,8 +50,9 @@ def write_smoke_gguf(path: Path, seed: int = 0) -> Path:
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
 
-    def matrix(name: str, rows: int, cols: int) -> None:
-        values = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
+    def matrix(name: str, rows: int, cols: int, values: np.ndarray | None = None) -> None:
+        if values is None:
+            values = (rng.standard_normal((rows, cols)) / np.sqrt(cols)).astype(np.float32)
         writer.add_tensor(name, gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0),
                           raw_dtype=gguf.GGMLQuantizationType.Q8_0)
 
@@ -66,7 +69,7 @@ def write_smoke_gguf(path: Path, seed: int = 0) -> Path:
         matrix(f"blk.{layer}.ffn_up.weight", FFN, WIDTH)
         matrix(f"blk.{layer}.ffn_down.weight", WIDTH, FFN)
     norm("output_norm.weight")
-    matrix("output.weight", len(tokens), WIDTH)
+    matrix("output.weight", len(tokens), WIDTH, None if output is None else np.asarray(output, np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -95,6 +98,14 @@ def run_smoke(gguf_file: Path, timeout: float = 120) -> SmokeResult:
         return SmokeResult(False, (done.stderr.strip().splitlines() or ["failed"])[-1])
     report = json.loads(done.stdout.strip().splitlines()[-1])
     return SmokeResult(True, f"generated {report['tokens']} tokens; CPU features in use: {report['features']}")
+
+
+def smoke_test() -> SmokeResult:
+    """The whole check: a smoke model written to a temporary folder, loaded and run in a child."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mlx-dm-doctor-") as tmp:
+        return run_smoke(write_smoke_gguf(Path(tmp) / "smoke.gguf"))
 
 
 def _child(gguf_file: str) -> None:

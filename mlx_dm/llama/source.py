@@ -10,7 +10,6 @@ converter's files are unpacked into the environment.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 import shutil
@@ -20,6 +19,7 @@ import tarfile
 from pathlib import Path
 
 from ..errors import EnvironmentProblem
+from ..files import sha256_of
 from .build import table
 
 # Python versions with tarfile's extraction filters refuse links and absolute paths outright.
@@ -32,20 +32,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MLX_DM_CACHE") or Path.home() / ".cache" / "mlx-dm")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sdist_path() -> Path:
     """The pinned sdist, verified; downloaded with pip the first time."""
     spec = table()
     folder = cache_dir() / "sdist"
     path = folder / spec["sdist"]["file"]
-    if path.exists() and _sha256(path) == spec["sdist"]["sha256"]:
+    if path.exists() and sha256_of(path) == spec["sdist"]["sha256"]:
         return path
     folder.mkdir(parents=True, exist_ok=True)
     wanted = f"{spec['package']}=={spec['version']}"
@@ -55,7 +47,7 @@ def sdist_path() -> Path:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-4:])
         raise EnvironmentProblem(f"could not download {wanted} (the source of llama.cpp's converter):\n{tail}",
                                  f"connect to PyPI once, or put {spec['sdist']['file']} in {folder}")
-    got = _sha256(path)
+    got = sha256_of(path)
     if got != spec["sdist"]["sha256"]:
         raise EnvironmentProblem(f"{path} has sha256 {got}, expected {spec['sdist']['sha256']}",
                                  f"delete {path} and run again (it is downloaded anew)")

@@ -123,7 +123,7 @@ def import_gemma3_gguf(gguf_path: Path, out_dir: Path) -> Path:
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    from ..train.checkpoint import write_dir_atomically
+    from ..files import write_dir_atomically
 
     reader = GGUFReader(str(gguf_path))
     fields = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
@@ -176,62 +176,3 @@ def gemma3_270m_base(models_dir: Path) -> Path:
     if (out / "model.safetensors").exists() and (out / "tokenizer.model").exists():
         return out
     return import_gemma3_gguf(packaged_gemma3_270m(), out)
-
-
-VERIFY_PROMPTS = (
-    "<bos>The dragon opened its eyes and",
-    "<bos><start_of_turn>user\nI search the room for traps.<end_of_turn>\n<start_of_turn>model\n",
-    "<bos>Roll for initiative! The goblins",
-)
-
-
-def verify_import(original_gguf: Path, checkpoint: Path, f16_gguf: Path, greedy_tokens: int = 16) -> dict:
-    """Does MLX on the imported checkpoint compute what llama.cpp computes on the original GGUF?
-
-    llama.cpp quantises activations for its quantised matrix products, so even the exact weights
-    cannot match the Q4_K_M file bit for bit. The yardstick is llama.cpp itself: the same weights
-    as an f16 GGUF (converted from the checkpoint) against the original. MLX should sit as close to
-    the original as that, and very close to the f16 file.
-    """
-    import mlx.core as mx
-    from mlx_lm.generate import generate_step
-
-    from ..export.check import open_gguf
-    from .load import load_model
-
-    loaded = load_model(checkpoint)
-    out: dict = {"prompts": []}
-    original, exact = open_gguf(original_gguf, 512, logits_all=True), open_gguf(f16_gguf, 512, logits_all=True)
-
-    def run(llm, ids):
-        llm.reset()
-        llm.eval(ids)
-        logits = np.array(llm.scores[:len(ids)])
-        llm.reset()
-        greedy = []
-        for token in llm.generate(ids, temp=0.0, top_k=1):
-            greedy.append(int(token))
-            if len(greedy) >= greedy_tokens:
-                break
-        return logits, greedy
-
-    for prompt in VERIFY_PROMPTS:
-        ids = original.tokenize(prompt.encode(), add_bos=False, special=True)
-        q_logits, q_greedy = run(original, ids)
-        f_logits, f_greedy = run(exact, ids)
-        m_logits = np.array(loaded.model(mx.array([ids]))[0].astype(mx.float32))
-        m_greedy = [int(t) for t, _ in generate_step(mx.array(ids), loaded.model, max_tokens=greedy_tokens)]
-        out["prompts"].append({
-            "prompt": prompt,
-            "mlx_vs_original_max": float(np.abs(m_logits - q_logits).max()),
-            "f16_vs_original_max": float(np.abs(f_logits - q_logits).max()),
-            "mlx_vs_f16_max": float(np.abs(m_logits - f_logits).max()),
-            "argmax_agreement_original": float((m_logits.argmax(-1) == q_logits.argmax(-1)).mean()),
-            "greedy_equal_f16": m_greedy == f_greedy,
-            "greedy_equal_original": m_greedy == q_greedy,
-            "f16_greedy_equal_original": f_greedy == q_greedy,
-            "mlx_text": loaded.tokenizer.decode(m_greedy),
-        })
-    original.close()
-    exact.close()
-    return out

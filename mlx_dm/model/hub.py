@@ -5,13 +5,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import struct
 from pathlib import Path
 
 from ..errors import ModelError
 
 TINY = "tiny"
 TINY_VISION = "tiny-vision"  # the tiny model with small vision and audio towers (mmproj exports)
+TINY_BASES = (TINY, TINY_VISION)  # the built-in offline models
 GEMMA3_270M = "gemma3-270m"  # real Gemma 3 270M weights from an optional package (model/gguf_import.py)
 KNOWN_BASES = {
     "e2b": "google/gemma-3n-E2B-it",
@@ -21,37 +21,8 @@ KNOWN_BASES = {
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "*.txt"]
 
 
-def safetensors_headers(checkpoint: Path) -> dict[str, dict]:
-    """Every tensor's dtype, shape and byte range in a checkpoint's safetensors shards, read from the
-    file headers (no weights loaded). Each entry also names its shard and where its data starts."""
-    tensors = {}
-    for shard in sorted(Path(checkpoint).glob("*.safetensors")):
-        with open(shard, "rb") as handle:
-            header_length = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(header_length))
-        tensors.update((name, {**info, "shard": shard, "data_start": 8 + header_length})
-                       for name, info in header.items() if name != "__metadata__")
-    return tensors
-
-
 # Gemma 3n's per-layer embedding table (see per_layer_embeddings.py).
 PER_LAYER_TABLE = "embed_tokens_per_layer.weight"
-
-# safetensors dtypes numpy can map as they are stored (bfloat16 as its raw 16 bits).
-NUMPY_STORAGE = {"F32": "<f4", "F16": "<f2", "BF16": "<u2"}
-
-
-def read_rows(info: dict, rows) -> "np.ndarray":
-    """Rows of one stored 2-D tensor (an entry of safetensors_headers), through a memory map: only
-    the pages of those rows are read, so a multi-gigabyte table is never loaded whole. bfloat16
-    comes back as uint16 holding the raw bits."""
-    import numpy as np
-
-    start = info["data_start"] + info["data_offsets"][0]
-    table = np.memmap(info["shard"], dtype=NUMPY_STORAGE[info["dtype"]], mode="r", offset=start,
-                      shape=tuple(info["shape"]))
-    return np.array(table[np.asarray(rows)])
-
 
 def resolve_base(name: str, project_dir: Path, scenarios_dir: Path | None = None) -> Path:
     """A local folder holding the base checkpoint: built (tiny), as given (path), or downloaded once."""

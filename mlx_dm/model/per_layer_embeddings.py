@@ -59,7 +59,8 @@ def keep_rows(model, checkpoint: Path, token_ids: Iterable[int]) -> Compaction |
     language_model = _language_model(model)
     if language_model is None:
         return None
-    from .hub import NUMPY_STORAGE, PER_LAYER_TABLE, read_rows, safetensors_headers
+    from ..files import NUMPY_STORAGE, read_rows, safetensors_headers
+    from .hub import PER_LAYER_TABLE
 
     table = language_model.embed_tokens_per_layer
     if isinstance(table, CompactEmbedding):

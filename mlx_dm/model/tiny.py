@@ -15,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.render import GEMMA_CHAT_TEMPLATE
 from ..errors import ModelError
+from ..files import write_dir_atomically
 
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>")
 BUILDER_VERSION = 2  # bump when the checkpoint layout or sizes change: invalidates the cache
@@ -312,8 +311,8 @@ def build_tiny_model(out_dir: Path, scenarios_dir: Path | None = None, spec: Tin
         except (ValueError, KeyError):
             pass
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         config = multimodal_config(spec)
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(
@@ -327,12 +326,8 @@ def build_tiny_model(out_dir: Path, scenarios_dir: Path | None = None, spec: Tin
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
         (tmp / "mlx-dm-tiny.json").write_text(json.dumps({"key": key, "spec": spec.__dict__,
                                                           "builder_version": BUILDER_VERSION}, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+    write_dir_atomically(out_dir, write)
     return out_dir
 
 

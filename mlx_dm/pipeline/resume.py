@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..export.place import version_of_run
+from ..registry import version_of_run
 from ..train.checkpoint import read_run_state
 
 # The next stage for each registry status of the run's version (None: nothing stored yet).

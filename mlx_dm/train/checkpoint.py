@@ -10,7 +10,6 @@ any moment leaves either the previous checkpoint or the new one, never half of o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -19,29 +18,9 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from ..files import write_dir_atomically
+
 STATE_FILE = "train_state.json"
-
-
-def write_dir_atomically(target: Path, write) -> Path:
-    """Call ``write(tmp_dir)`` then rename the folder onto ``target`` (replacing an older one)."""
-    target = Path(target)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target
 
 
 def save_adapter(folder: Path, model, adapter_config: dict) -> None:

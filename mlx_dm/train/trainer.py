@@ -1,12 +1,10 @@
-"""LoRA fine-tuning of Gemma 3n with MLX: packed rows, completion-only loss, compiled step,
-atomic checkpoints with exact resume, early stopping on validation loss."""
+"""LoRA fine-tuning of Gemma 3n with MLX: the step loop over a built TrainingSetup (setup.py):
+compiled steps (accumulated and summed over processes when the batch is split), evaluation, early
+stopping, atomic checkpoints with exact resume, and a clean stop on Ctrl-C."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import json
-import math
 import shutil
 import signal
 import time
@@ -16,19 +14,16 @@ from typing import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx.optimizers as optim
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_map
 
 from ..config import Config
-from ..errors import MlxDmError, TrainingError
-from ..model import patches, per_layer_embeddings
-from ..model.load import load_model
-from ..runs import Run, atomic_write_json
+from ..errors import MlxDmError
+from ..files import atomic_write_json, write_dir_atomically
+from ..runs import Run
 from . import batching
-from .checkpoint import (STATE_FILE, list_checkpoints, load_checkpoint, prune_checkpoints, save_adapter,
-                         save_checkpoint, write_dir_atomically)
-
-logger = logging.getLogger(__name__)
+from .checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, prune_checkpoints, save_adapter, save_checkpoint
+from .setup import TrainingSetup, prepare
+from .step import batch_arrays, evaluate_loss, loss_fn
 
 
 class TrainingInterrupted(MlxDmError):
@@ -65,422 +60,240 @@ class TrainResult:
         return data
 
 
-def run_key(config: Config, base_path: Path, fingerprint: str) -> str:
-    """What makes two runs the same run (and so resumable into each other)."""
-    train = asdict(config.train)
-    for volatile in ("steps_per_eval", "steps_per_checkpoint", "keep_checkpoints", "auto_batch", "memory_headroom",
-                     "memory_limit_gb"):
-        train.pop(volatile)
-    blob = json.dumps({"train": train, "base": str(base_path), "quantize": config.model.quantize_base,
-                       "data": fingerprint}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+@dataclass
+class LoopState:
+    """Where the loop is; what a checkpoint saves and a resume restores."""
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # rows of this epoch's order already used
+    step_start: int = 0  # position where the step being accumulated began
+    micro_count: int = 0
+    best_val: float | None = None
+    best_step: int | None = None
+    patience_left: int = 0
+    trained_tokens: int = 0
+    resumed_from: int | None = None
+    last_loss: float | None = None
+    stopped_early: bool = False
+    tokens_this_session: int = 0
+    padded_tokens: int = 0  # this process's rows, for the padding actually computed
+    real_tokens_mine: int = 0
+    eval_seconds: float = 0.0  # excluded from tokens/s, which measures training
+    start_time: float = field(default_factory=time.perf_counter)
+    history: list[dict] = field(default_factory=list)
 
+    def checkpoint(self, key: str) -> dict:
+        return {"epoch": self.epoch, "position": self.step_start if self.micro_count else self.position,
+                "best_val": self.best_val, "best_step": self.best_step, "patience_left": self.patience_left,
+                "trained_tokens": self.trained_tokens, "key": key}
 
-def find_resumable(runs_dir: Path, key: str) -> Path | None:
-    """The newest unfinished run with this key."""
-    if not Path(runs_dir).is_dir():
-        return None
-    for run_dir in sorted(Path(runs_dir).iterdir(), reverse=True):
-        state_path = run_dir / STATE_FILE
-        if state_path.exists():
-            try:
-                state = json.loads(state_path.read_text())
-            except ValueError:
-                continue
-            if state.get("key") == key and state.get("status") in ("running", "interrupted") and list_checkpoints(run_dir / "checkpoints"):
-                return run_dir
-    return None
-
-
-# The cosine decay ends at this fraction of the peak learning rate.
-FINAL_LR_FRACTION = 0.05
-
-
-def lr_schedule(config: Config, total_steps: int):
-    warmup = max(1, int(config.train.warmup_fraction * total_steps)) if config.train.warmup_fraction > 0 else 0
-    peak = config.train.learning_rate
-    decay = optim.cosine_decay(peak, max(1, total_steps - warmup), end=peak * FINAL_LR_FRACTION)
-    if warmup == 0:
-        return decay
-    return optim.join_schedules([optim.linear_schedule(peak * 0.01, peak, warmup), decay], [warmup])
-
-
-def attention_mask(segments: mx.array) -> mx.array:
-    """Causal and block-diagonal over packed scenarios; padding attends to itself (no empty rows)."""
-    length = segments.shape[1]
-    positions = mx.arange(length)
-    causal = positions[:, None] >= positions[None, :]
-    same = segments[:, :, None] == segments[:, None, :]
-    diagonal = positions[:, None] == positions[None, :]
-    return ((same & causal) | diagonal)[:, None, :, :]
-
-
-def loss_fn(model, inputs, targets, positions, weights, segments):
-    """Mean cross-entropy over the DM tokens; the output head, and Gemma 3n's KV-shared layers, run
-    at those positions only (patches, extension 6)."""
-    selected = patches.hidden_states(model, inputs, mask=attention_mask(segments), positions=positions)
-    logits = patches.output_logits(model, selected)
-    losses = nn.losses.cross_entropy(logits.astype(mx.float32), targets.reshape(-1)[positions]) * weights
-    tokens = weights.sum()
-    return losses.sum() / mx.maximum(tokens, 1), tokens
-
-
-def batch_arrays(batch: batching.Batch) -> tuple:
-    positions, weights = batch.loss_positions()
-    return (mx.array(batch.inputs), mx.array(batch.targets), mx.array(positions), mx.array(weights),
-            mx.array(batch.segments))
-
-
-def apply_lora(model, config: Config) -> dict:
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    layers = len(model.layers) if config.train.lora_layers < 0 else min(config.train.lora_layers, len(model.layers))
-    keys = [k if "." in k else _qualify(k) for k in config.train.lora_keys]
-    parameters = {"rank": config.train.lora_rank, "scale": config.train.lora_alpha / config.train.lora_rank,
-                  "dropout": config.train.lora_dropout, "keys": keys}
-    model.freeze()
-    linear_to_lora_layers(model, layers, parameters)
-    return {"fine_tune_type": "lora", "num_layers": layers, "lora_parameters": parameters}
-
-
-def load_initial_adapter(model, adapter_dir: Path, config: Config) -> None:
-    """Continue from an earlier adapter (same base, same LoRA shape)."""
-    saved = json.loads((adapter_dir / "adapter_config.json").read_text())
-    rank = saved.get("lora_parameters", {}).get("rank")
-    if rank != config.train.lora_rank:
-        raise TrainingError(f"the adapter in {adapter_dir} has LoRA rank {rank}, this run {config.train.lora_rank}",
-                            f"train with --lora-rank {rank}, or start over with --full")
-    model.load_weights(str(adapter_dir / "adapters.safetensors"), strict=False)
-
-
-def _qualify(key: str) -> str:
-    for full in patches.GEMMA3N_LORA_KEYS:
-        if full.endswith("." + key):
-            return full
-    raise TrainingError(f"unknown LoRA target '{key}'", f"use some of: {', '.join(k.split('.')[-1] for k in patches.GEMMA3N_LORA_KEYS)}")
-
-
-def evaluate_loss(model, rows: list[batching.PackedRow], length: int, batch_size: int, group=None) -> float | None:
-    """Mean loss over the DM tokens of ``rows``; with a distributed group each process scores its
-    share of the rows and the sums are added up, so every process gets the same value."""
-    if not rows:
-        return None
-    world, rank = (group.size(), group.rank()) if group is not None else (1, 0)
-    mine = rows[rank::world]
-    total, tokens = 0.0, 0.0
-    for start in range(0, len(mine), batch_size):
-        batch = batching.make_batch(mine[start:start + batch_size], length + 1)
-        loss, n = loss_fn(model, *batch_arrays(batch))
-        mx.eval(loss, n)
-        total += loss.item() * n.item()
-        tokens += n.item()
-    if world > 1:
-        summed = mx.distributed.all_sum(mx.array([total, tokens], dtype=mx.float32), group=group)
-        total, tokens = summed.tolist()
-    return total / tokens if tokens else None
-
-
-def memory_budget(config: Config) -> int:
-    """Bytes a training step may use: `train.memory_limit_gb`, else the limit MLX reports for this
-    device (on a Mac, the GPU's recommended working set), less `train.memory_headroom`."""
-    limit = config.train.memory_limit_gb * 1e9 if config.train.memory_limit_gb > 0 else mx.get_memory_limit()
-    return int(limit * (1 - config.train.memory_headroom))
-
-
-def step_memory_probe(model, rows: list[batching.PackedRow], length: int) -> Callable[[int], int | None]:
-    """Peak bytes of one real forward and backward pass on the ``n`` heaviest rows (most DM tokens),
-    plus the optimizer state; None when MLX cannot allocate it."""
-    value_and_grad = nn.value_and_grad(model, loss_fn)
-    heaviest = sorted(rows, key=lambda row: -float(row.loss_mask.sum()))
-    trainable = sum(v.nbytes for _, v in tree_flatten(model.trainable_parameters()))
-
-    def measure(n: int) -> int | None:
-        chosen = (heaviest * n)[:n]
-        arrays = batch_arrays(batching.make_batch(chosen, length + 1))
-        mx.clear_cache()
-        mx.reset_peak_memory()
-        try:
-            (loss, _), grad = value_and_grad(model, *arrays)
-            mx.eval(loss, grad)
-        except RuntimeError as exc:  # Metal: "[metal::malloc] Attempting to allocate ..."
-            if "alloc" in str(exc).lower() or "memory" in str(exc).lower():
-                return None
-            raise
-        peak = int(mx.get_peak_memory())
-        del grad, loss
-        mx.clear_cache()
-        return peak + 2 * trainable  # AdamW keeps two moments per trainable weight
-
-    return measure
-
-
-def enable_grad_checkpoint(model) -> bool:
-    """Recompute each transformer layer's activations in the backward pass. Gemma 3n uses
-    patches' KV-sharing-aware version; other models mlx-lm's helper (it patches the layer class,
-    so it stays on for this process)."""
-    if model.model_type == "gemma3n":
-        model.model.language_model.checkpoint_layers = True
-        return True
-    from mlx_lm.tuner.trainer import grad_checkpoint
-
-    grad_checkpoint(model.layers[0])
-    return True
-
-
-def choose_micro_batch(measure: Callable[[int], int | None], batch_size: int, budget: int) -> tuple[int, list[dict]]:
-    """The largest divisor of ``batch_size`` whose measured step fits ``budget``; gradient
-    accumulation over ``batch_size // micro`` micro-batches keeps the effective batch."""
-    probe = []
-    divisors = [d for d in range(batch_size, 0, -1) if batch_size % d == 0]
-    for rows in divisors:
-        peak = measure(rows)
-        fits = peak is not None and peak <= budget
-        probe.append({"rows": rows, "peak_bytes": peak, "budget_bytes": budget, "fits": fits})
-        if fits:
-            return rows, probe
-    return 1, probe
-
-
-def _row_length(rows: list[batching.PackedRow], max_seq_length: int) -> int:
-    """One fixed row length for the whole run (so the compiled step never recompiles)."""
-    longest = max((len(r.ids) for r in rows), default=2)
-    return min(max_seq_length, int(math.ceil(longest / 32) * 32))
+    def tokens_per_second(self) -> float:
+        elapsed = time.perf_counter() - self.start_time - self.eval_seconds
+        return self.tokens_this_session / elapsed if elapsed > 0 else 0.0
 
 
 def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_dir: Path | None = None,
           progress: Callable[[dict], None] | None = None) -> TrainResult:
     """Train LoRA adapters; returns the best adapter's folder. ``progress`` gets a dict per step."""
-    mx.random.seed(config.train.seed)
-    # Data parallel when started by `mlx.launch` (a group of one otherwise): every process holds the
-    # same LoRA weights, trains on its own rows of each step, and the token-weighted gradients are
-    # summed, so N processes with batch B compute exactly the step of one process with batch N*B.
-    group = mx.distributed.init()
-    world, rank = group.size(), group.rank()
-    fingerprint = (Path(dataset_dir) / "fingerprint.txt").read_text().strip()
-    key = run_key(config, base_path, fingerprint)
-    loaded = load_model(base_path, quantize_4bit=config.model.quantize_base, dtype=config.train.compute_dtype,
-                        lazy=True)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    seq = config.train.max_seq_length
-    train_examples = batching.load_examples(Path(dataset_dir) / "train.jsonl", tokenizer, seq)
-    valid_examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", tokenizer, seq)
-    if not train_examples:
-        raise TrainingError("the training split is empty", "add scenarios to ai-training/ and run `mlx-dm data build`")
-    # Before any weight is read: Gemma 3n's per-layer embedding table keeps only the rows of the
-    # ids this run feeds (E2B: 4 GB of 262,144 rows in bfloat16 down to megabytes).
-    compaction = per_layer_embeddings.keep_rows(model, base_path, (i for e in train_examples + valid_examples for i in e.ids))
-    mx.eval(model.parameters())
-    adapter_config = apply_lora(model, config)
-    if config.train.init_adapter:
-        load_initial_adapter(model, Path(config.train.init_adapter), config)
-    checkpointing = config.train.grad_checkpoint
-    if checkpointing:
-        enable_grad_checkpoint(model)
+    return Trainer(prepare(config, dataset_dir, base_path, resume_dir), config, run, base_path).run(resume_dir, progress)
 
-    train_rows = batching.pack(train_examples, seq)
-    valid_rows = batching.pack(valid_examples, seq)
-    length = _row_length(train_rows + valid_rows, seq)
-    pad_fraction = batching.padding_fraction(train_rows, length)
-    batch_size = max(1, min(config.train.batch_size, len(train_rows)))
-    accumulation = max(1, config.train.grad_accumulation)
-    probe: list[dict] = []
-    saved_state = Path(resume_dir) / STATE_FILE if resume_dir is not None else None
-    earlier = json.loads(saved_state.read_text()) if saved_state is not None and saved_state.exists() else {}
-    if "micro_batch_size" in earlier:
-        # A resumed run keeps the split it started with, so it continues exactly.
-        batch_size, accumulation = earlier["micro_batch_size"], earlier["grad_accumulation"]
-        if earlier.get("grad_checkpoint") and not checkpointing:
-            checkpointing = enable_grad_checkpoint(model)
-    elif config.train.auto_batch:
-        budget = memory_budget(config)
-        micro, probe = choose_micro_batch(step_memory_probe(model, train_rows, length), batch_size, budget)
-        if not probe[-1]["fits"] and not checkpointing:
-            # Even one row is over the budget: recompute activations in the backward pass (slower,
-            # much less memory) rather than fail or swap.
-            checkpointing = enable_grad_checkpoint(model)
-            micro, more = choose_micro_batch(step_memory_probe(model, train_rows, length), batch_size, budget)
-            probe += [{**row, "grad_checkpoint": True} for row in more]
-        if not probe[-1]["fits"]:
-            logger.warning("even one row per step measured %s bytes, over the %s-byte budget; training goes on with one",
-                           probe[-1]["peak_bytes"], budget)
-        if world > 1:  # every process must run the same number of passes per step
-            micro = int(mx.distributed.all_min(mx.array([micro]), group=group).item())  # a divisor on every process
-        accumulation *= batch_size // micro
-        batch_size = micro
-    micro_per_epoch = math.ceil(len(train_rows) / (batch_size * world))
-    steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
-    total_steps = steps_per_epoch * config.train.epochs
-    if config.train.max_steps:
-        total_steps = min(total_steps, config.train.max_steps)
 
-    optimizer = optim.AdamW(learning_rate=lr_schedule(config, total_steps), weight_decay=0.0)
-    value_and_grad = nn.value_and_grad(model, loss_fn)
-    state = [model.state, optimizer.state, mx.random.state]
+class Trainer:
+    """The step loop over a built model and optimizer; writes the run folder as it goes."""
 
-    def micro_step(inputs, targets, positions, weights, segments):
-        (loss, tokens), grad = value_and_grad(model, inputs, targets, positions, weights, segments)
-        return loss, tokens, grad
+    def __init__(self, setup: TrainingSetup, config: Config, run: Run, base_path: Path) -> None:
+        self.setup, self.config, self.run_ = setup, config, run
+        self.checkpoints_dir, self.best_dir = run.path / "checkpoints", run.path / "best"
+        self.run_state = {"key": setup.key, "status": "running", "base": str(base_path),
+                          "data_fingerprint": setup.fingerprint, "total_steps": setup.total_steps,
+                          "micro_batch_size": setup.batch_size, "grad_accumulation": setup.accumulation,
+                          "grad_checkpoint": setup.checkpointing, "processes": setup.world, "batch_probe": setup.probe}
+        model, optimizer = setup.model, setup.optimizer
+        value_and_grad = nn.value_and_grad(model, loss_fn)
+        self.state = [model.state, optimizer.state, mx.random.state]
 
-    def full_step(inputs, targets, positions, weights, segments):
-        loss, tokens, grad = micro_step(inputs, targets, positions, weights, segments)
-        optimizer.update(model, grad)
-        return loss, tokens
+        def micro_step(inputs, targets, positions, weights, segments):
+            (loss, tokens), grad = value_and_grad(model, inputs, targets, positions, weights, segments)
+            return loss, tokens, grad
 
-    compiled_full = mx.compile(full_step, inputs=state, outputs=state)
-    compiled_micro = mx.compile(micro_step, inputs=state, outputs=state)
+        def full_step(inputs, targets, positions, weights, segments):
+            loss, tokens, grad = micro_step(inputs, targets, positions, weights, segments)
+            optimizer.update(model, grad)
+            return loss, tokens
 
-    run_dir = run.path
-    checkpoints_dir = run_dir / "checkpoints"
-    best_dir = run_dir / "best"
-    run_state = {"key": key, "status": "running", "base": str(base_path), "data_fingerprint": fingerprint,
-                 "total_steps": total_steps, "micro_batch_size": batch_size, "grad_accumulation": accumulation,
-                 "grad_checkpoint": checkpointing, "processes": world, "batch_probe": probe}
-    step, epoch, position = 0, 0, 0
-    step_start, micro_count = 0, 0
-    best_val, patience_left, best_step = None, config.train.patience, None
-    trained_tokens, resumed_from = 0, None
-    optimizer.init(model.trainable_parameters())
-    if resume_dir is not None:
-        last = list_checkpoints(checkpoints_dir)[-1]
-        saved = load_checkpoint(last, model, optimizer)
-        step, epoch, position = saved["step"], saved["epoch"], saved["position"]
-        best_val, best_step, patience_left = saved["best_val"], saved["best_step"], saved["patience_left"]
-        trained_tokens = saved["trained_tokens"]
-        resumed_from = step
-    atomic_write_json(run_dir / STATE_FILE, run_state)
+        self.full_step = mx.compile(full_step, inputs=self.state, outputs=self.state)
+        self.micro_step = mx.compile(micro_step, inputs=self.state, outputs=self.state)
 
-    def checkpoint_state() -> dict:
-        return {"epoch": epoch, "position": step_start if micro_count else position, "best_val": best_val, "best_step": best_step,
-                "patience_left": patience_left, "trained_tokens": trained_tokens, "key": key}
+    def run(self, resume_dir: Path | None, progress: Callable[[dict], None] | None) -> TrainResult:
+        setup, loop = self.setup, LoopState(patience_left=self.config.train.patience)
+        setup.optimizer.init(setup.model.trainable_parameters())
+        if resume_dir is not None:
+            self._restore(loop)
+        atomic_write_json(self.run_.path / STATE_FILE, self.run_state)
+        mx.reset_peak_memory()
+        stop_requested: list[int] = []
 
-    history: list[dict] = []
-    stopped_early = False
-    last_loss = None
-    start_time = time.perf_counter()
-    tokens_this_session = 0
-    padded_tokens, real_tokens_mine = 0, 0  # this process's rows, for the padding actually computed
-    eval_seconds = 0.0  # excluded from tokens/s, which measures training
-    mx.reset_peak_memory()
-    interrupted = False
+        def on_stop(signum, frame):
+            # Ctrl-C or a polite kill (e.g. from the bootstrap) stops after the current step: raising
+            # inside MLX's compile tracing would leave the model's arrays without values to save.
+            if stop_requested:
+                raise KeyboardInterrupt  # asked twice: stop now
+            stop_requested.append(signum)
 
-    stop_requested = []
+        previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._epochs(loop, stop_requested, progress)
+        except KeyboardInterrupt:
+            self._interrupted(loop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self._finish(loop)
 
-    def on_stop(signum, frame):
-        # Ctrl-C or a polite kill (e.g. from the bootstrap) stops after the current step: raising
-        # inside MLX's compile tracing would leave the model's arrays without values to save.
-        if stop_requested:
-            raise KeyboardInterrupt  # asked twice: stop now
-        stop_requested.append(signum)
+    def _restore(self, loop: LoopState) -> None:
+        saved = load_checkpoint(list_checkpoints(self.checkpoints_dir)[-1], self.setup.model, self.setup.optimizer)
+        loop.step, loop.epoch, loop.position = saved["step"], saved["epoch"], saved["position"]
+        loop.best_val, loop.best_step, loop.patience_left = saved["best_val"], saved["best_step"], saved["patience_left"]
+        loop.trained_tokens, loop.resumed_from = saved["trained_tokens"], saved["step"]
 
-    previous_handlers = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while step < total_steps and not stopped_early:
-            order = batching.epoch_order(len(train_rows), config.train.seed, epoch)
-            accumulated, accumulated_tokens, step_loss, micro_count, real = None, 0.0, 0.0, 0, 0
-            while position < len(order) and step < total_steps:
+    def _epochs(self, loop: LoopState, stop_requested: list[int], progress) -> None:
+        setup = self.setup
+        while loop.step < setup.total_steps and not loop.stopped_early:
+            order = batching.epoch_order(len(setup.train_rows), self.config.train.seed, loop.epoch)
+            pending, loop.micro_count = _Accumulator(), 0
+            while loop.position < len(order) and loop.step < setup.total_steps:
                 if stop_requested:
                     raise KeyboardInterrupt
-                if micro_count == 0:
-                    step_start = position  # a checkpoint mid-accumulation resumes from here
-                step_rows = [train_rows[i] for i in order[position:position + batch_size * world]]
-                chosen = step_rows[rank * batch_size:(rank + 1) * batch_size]
-                # At the end of an epoch a process may get no row; it still joins the sum, with weight 0.
-                idle = not chosen
-                # Pad only to the batch's longest row (in steps of 64, so the compiled step sees few
-                # shapes), not to the longest row of the run.
-                batch_length = min(length, -(-max(len(r.ids) for r in chosen or step_rows[:1]) // 64) * 64)
-                batch = batching.make_batch(chosen or step_rows[:1], batch_length + 1)
-                padded_tokens += batch.inputs.size
-                arrays = batch_arrays(batch)
-                position += batch_size * world
-                real += int(sum(len(r.ids) for r in step_rows))  # tokens of every micro-batch in this step
-                real_tokens_mine += 0 if idle else int(sum(len(r.ids) - 1 for r in chosen))
-                mx.random.seed(config.train.seed * 1_000_003 + step * 1_009 + micro_count)
-                if accumulation == 1 and world == 1:
-                    loss, tokens = compiled_full(*arrays)
-                    mx.eval(state, loss, tokens)
-                    step_loss, step_tokens = loss.item(), tokens.item()
-                else:
-                    loss, tokens, grad = compiled_micro(*arrays)
-                    weight = mx.zeros_like(tokens) if idle else tokens
-                    grad = tree_map(lambda g: g * weight, grad)
-                    accumulated = grad if accumulated is None else tree_map(mx.add, accumulated, grad)
-                    accumulated_tokens += weight.item()
-                    step_loss += loss.item() * weight.item()
-                    micro_count += 1
-                    mx.eval(accumulated)
-                    if micro_count < accumulation and position < len(order):
-                        continue
-                    if world > 1:
-                        accumulated = tree_map(lambda g: mx.distributed.all_sum(g, group=group), accumulated)
-                        sums = mx.distributed.all_sum(mx.array([step_loss, accumulated_tokens], dtype=mx.float32), group=group)
-                        step_loss, accumulated_tokens = sums.tolist()
-                    optimizer.update(model, tree_map(lambda g: g / max(accumulated_tokens, 1.0), accumulated))
-                    mx.eval(state)
-                    step_loss, step_tokens = step_loss / max(accumulated_tokens, 1.0), accumulated_tokens
-                    accumulated, accumulated_tokens = None, 0.0
-                step += 1
-                last_loss = step_loss
-                trained_tokens += real
-                tokens_this_session += real
-                elapsed = time.perf_counter() - start_time - eval_seconds
-                record = {"step": step, "epoch": epoch + position / len(order), "loss": step_loss,
-                          "trainable_tokens": step_tokens, "tokens": real,
-                          "learning_rate": float(optimizer.learning_rate.item()),
-                          "tokens_per_second": tokens_this_session / elapsed if elapsed > 0 else 0.0,
-                          "peak_memory_bytes": int(mx.get_peak_memory())}
-                step_loss, micro_count, real = 0.0, 0, 0
-                evaluate_now = step % config.train.steps_per_eval == 0 or step == total_steps or position >= len(order)
-                if evaluate_now and valid_rows:
-                    eval_start = time.perf_counter()
-                    val = evaluate_loss(model, valid_rows, length, batch_size, group)
-                    eval_seconds += time.perf_counter() - eval_start
-                    record["val_loss"] = val
-                    if best_val is None or val < best_val - 1e-4:
-                        best_val, best_step, patience_left = val, step, config.train.patience
-                        write_dir_atomically(best_dir, lambda d: save_adapter(d, model, adapter_config))
-                    else:
-                        patience_left -= 1
-                        if patience_left <= 0:
-                            stopped_early = True
-                run.log_metrics(**record)
-                history.append(record)
-                if progress:
-                    progress({**record, "total_steps": total_steps, "best_val_loss": best_val})
-                if step % config.train.steps_per_checkpoint == 0 or step == total_steps or stopped_early:
-                    save_checkpoint(checkpoints_dir, step, model, optimizer, adapter_config, checkpoint_state())
-                    prune_checkpoints(checkpoints_dir, config.train.keep_checkpoints)
-                if stopped_early:
+                finished = self._pass(loop, order, pending)
+                if finished is None:
+                    continue
+                self._after_step(loop, finished, len(order), progress)
+                if loop.stopped_early:
                     break
-            if position >= len(order):
-                epoch, position = epoch + 1, 0
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-    if interrupted:
-        save_checkpoint(checkpoints_dir, step, model, optimizer, adapter_config, checkpoint_state())
-        atomic_write_json(run_dir / STATE_FILE, {**run_state, "status": "interrupted", "step": step})
-        raise TrainingInterrupted(f"training stopped at step {step}/{total_steps}; a checkpoint was saved in {checkpoints_dir}",
+            if loop.position >= len(order):
+                loop.epoch, loop.position = loop.epoch + 1, 0
+
+
+    def _pass(self, loop: LoopState, order: list[int], pending: "_Accumulator") -> tuple[float, float, int] | None:
+        """One forward and backward pass; (loss, DM tokens, tokens) when it completed a step, else None."""
+        setup, world = self.setup, self.setup.world
+        if loop.micro_count == 0:
+            loop.step_start = loop.position  # a checkpoint mid-accumulation resumes from here
+        step_rows = [setup.train_rows[i] for i in order[loop.position:loop.position + setup.batch_size * world]]
+        chosen = step_rows[setup.rank * setup.batch_size:(setup.rank + 1) * setup.batch_size]
+        idle = not chosen  # at the end of an epoch a process may get no row; it still joins the sum, with weight 0
+        # Pad only to the batch's longest row (in steps of 64, so the compiled step sees few shapes),
+        # not to the longest row of the run.
+        batch_length = min(setup.length, -(-max(len(r.ids) for r in chosen or step_rows[:1]) // 64) * 64)
+        batch = batching.make_batch(chosen or step_rows[:1], batch_length + 1)
+        loop.padded_tokens += batch.inputs.size
+        arrays = batch_arrays(batch)
+        loop.position += setup.batch_size * world
+        pending.real += int(sum(len(r.ids) for r in step_rows))  # tokens of every micro-batch in this step
+        loop.real_tokens_mine += 0 if idle else int(sum(len(r.ids) - 1 for r in chosen))
+        mx.random.seed(self.config.train.seed * 1_000_003 + loop.step * 1_009 + loop.micro_count)
+        if setup.accumulation == 1 and world == 1:
+            loss, tokens = self.full_step(*arrays)
+            mx.eval(self.state, loss, tokens)
+            return pending.done(loss.item(), tokens.item())
+        loss, tokens, grad = self.micro_step(*arrays)
+        pending.add(grad, mx.zeros_like(tokens) if idle else tokens, loss)
+        loop.micro_count += 1
+        if loop.micro_count < setup.accumulation and loop.position < len(order):
+            return None
+        return pending.apply(setup, self.state)
+
+    def _after_step(self, loop: LoopState, finished: tuple[float, float, int], n_order: int, progress) -> None:
+        setup, settings = self.setup, self.config.train
+        step_loss, step_tokens, real = finished
+        loop.step += 1
+        loop.last_loss = step_loss
+        loop.trained_tokens += real
+        loop.tokens_this_session += real
+        loop.micro_count = 0
+        record = {"step": loop.step, "epoch": loop.epoch + loop.position / n_order, "loss": step_loss,
+                  "trainable_tokens": step_tokens, "tokens": real,
+                  "learning_rate": float(setup.optimizer.learning_rate.item()),
+                  "tokens_per_second": loop.tokens_per_second(), "peak_memory_bytes": int(mx.get_peak_memory())}
+        evaluate_now = loop.step % settings.steps_per_eval == 0 or loop.step == setup.total_steps or loop.position >= n_order
+        if evaluate_now and setup.valid_rows:
+            self._evaluate(loop, record)
+        self.run_.log_metrics(**record)
+        loop.history.append(record)
+        if progress:
+            progress({**record, "total_steps": setup.total_steps, "best_val_loss": loop.best_val})
+        if loop.step % settings.steps_per_checkpoint == 0 or loop.step == setup.total_steps or loop.stopped_early:
+            self._checkpoint(loop)
+            prune_checkpoints(self.checkpoints_dir, settings.keep_checkpoints)
+
+    def _evaluate(self, loop: LoopState, record: dict) -> None:
+        """Validation loss; a better one saves the best adapter, `patience` worse ones in a row stop the run."""
+        setup = self.setup
+        start = time.perf_counter()
+        val = evaluate_loss(setup.model, setup.valid_rows, setup.length, setup.batch_size, setup.group)
+        loop.eval_seconds += time.perf_counter() - start
+        record["val_loss"] = val
+        if loop.best_val is None or val < loop.best_val - 1e-4:
+            loop.best_val, loop.best_step, loop.patience_left = val, loop.step, self.config.train.patience
+            write_dir_atomically(self.best_dir, lambda d: save_adapter(d, setup.model, setup.adapter_config))
+        else:
+            loop.patience_left -= 1
+            loop.stopped_early = loop.patience_left <= 0
+
+    def _checkpoint(self, loop: LoopState) -> None:
+        save_checkpoint(self.checkpoints_dir, loop.step, self.setup.model, self.setup.optimizer, self.setup.adapter_config,
+                        loop.checkpoint(self.setup.key))
+
+    def _interrupted(self, loop: LoopState) -> None:
+        self._checkpoint(loop)
+        atomic_write_json(self.run_.path / STATE_FILE, {**self.run_state, "status": "interrupted", "step": loop.step})
+        raise TrainingInterrupted(f"training stopped at step {loop.step}/{self.setup.total_steps}; a checkpoint was saved "
+                                  f"in {self.checkpoints_dir}",
                                   "run the same command again to resume (or add --resume); --no-resume starts over")
 
-    if not valid_rows or not best_dir.exists():
-        write_dir_atomically(best_dir, lambda d: save_adapter(d, model, adapter_config))
-    adapter_dir = write_dir_atomically(run_dir / "adapters", lambda d: _copy_adapter(best_dir, d))
-    elapsed = time.perf_counter() - start_time - eval_seconds
-    if padded_tokens:
-        pad_fraction = 1 - real_tokens_mine / padded_tokens
-    result = TrainResult(run_dir, adapter_dir, step, total_steps, best_val, last_loss, trained_tokens,
-                         tokens_this_session / elapsed if elapsed > 0 else 0.0, int(mx.get_peak_memory()),
-                         pad_fraction, stopped_early, resumed_from,
-                         sum(e.truncated for e in train_examples + valid_examples), history, batch_size, accumulation, world,
-                         checkpointing, (compaction.rows_kept, compaction.rows_total) if compaction else None)
-    atomic_write_json(run_dir / STATE_FILE, {**run_state, "status": "finished", "step": step,
-                                             "result": result.to_dict()})
-    plot_loss(run.metrics_path, run_dir / "loss.png")
-    return result
+    def _finish(self, loop: LoopState) -> TrainResult:
+        setup, run_dir = self.setup, self.run_.path
+        if not setup.valid_rows or not self.best_dir.exists():
+            write_dir_atomically(self.best_dir, lambda d: save_adapter(d, setup.model, setup.adapter_config))
+        adapter_dir = write_dir_atomically(run_dir / "adapters", lambda d: _copy_adapter(self.best_dir, d))
+        pad_fraction = 1 - loop.real_tokens_mine / loop.padded_tokens if loop.padded_tokens else setup.pad_fraction
+        result = TrainResult(run_dir, adapter_dir, loop.step, setup.total_steps, loop.best_val, loop.last_loss,
+                             loop.trained_tokens, loop.tokens_per_second(), int(mx.get_peak_memory()), pad_fraction,
+                             loop.stopped_early, loop.resumed_from, setup.truncated, loop.history, setup.batch_size,
+                             setup.accumulation, setup.world, setup.checkpointing, setup.per_layer_rows)
+        atomic_write_json(run_dir / STATE_FILE, {**self.run_state, "status": "finished", "step": loop.step,
+                                                 "result": result.to_dict()})
+        plot_loss(self.run_.metrics_path, run_dir / "loss.png")
+        return result
 
+
+class _Accumulator:
+    """The gradients of a step split into passes: token-weighted, summed, then summed over processes."""
+
+    def __init__(self) -> None:
+        self.grad, self.tokens, self.loss, self.real = None, 0.0, 0.0, 0
+
+    def done(self, loss: float, tokens: float) -> tuple[float, float, int]:
+        real, self.real = self.real, 0
+        return loss, tokens, real
+
+    def add(self, grad, weight: mx.array, loss: mx.array) -> None:
+        grad = tree_map(lambda g: g * weight, grad)
+        self.grad = grad if self.grad is None else tree_map(mx.add, self.grad, grad)
+        self.tokens += weight.item()
+        self.loss += loss.item() * weight.item()
+        mx.eval(self.grad)
+
+    def apply(self, setup: TrainingSetup, state: list) -> tuple[float, float, int]:
+        if setup.world > 1:
+            self.grad = tree_map(lambda g: mx.distributed.all_sum(g, group=setup.group), self.grad)
+            sums = mx.distributed.all_sum(mx.array([self.loss, self.tokens], dtype=mx.float32), group=setup.group)
+            self.loss, self.tokens = sums.tolist()
+        setup.optimizer.update(setup.model, tree_map(lambda g: g / max(self.tokens, 1.0), self.grad))
+        mx.eval(state)
+        finished = self.done(self.loss / max(self.tokens, 1.0), self.tokens)
+        self.grad, self.tokens, self.loss = None, 0.0, 0.0
+        return finished
 
 def _copy_adapter(source: Path, target: Path) -> None:
     for name in ("adapters.safetensors", "adapter_config.json"):

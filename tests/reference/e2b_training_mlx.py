@@ -57,7 +57,8 @@ def main_mlx(folder: Path) -> None:
     from mlx_dm.model import patches, per_layer_embeddings
     from mlx_dm.model.load import load_model
     from mlx_dm.train import batching
-    from mlx_dm.train.trainer import apply_lora, attention_mask, enable_grad_checkpoint, loss_fn
+    from mlx_dm.train.setup import apply_lora, enable_grad_checkpoint
+    from mlx_dm.train.step import attention_mask, loss_fn
 
     spec = json.loads((folder / "spec.json").read_text())
     assert digest(spec) == spec["digest"]

@@ -5,7 +5,7 @@ them), on the vision tensors and config of `--base tiny-vision` (.mlx-dm/models/
 
     python tests/reference/make_vision_reference.py CONFIG.json VISION.safetensors OUT.npz
 
-Encodes mlx_dm.export.check.test_image(768) (pixels / 255, Gemma 3n's MobileNetV5 takes no mean or
+Encodes mlx_dm.evaluate.gguf_checks.test_image(768) (pixels / 255, Gemma 3n's MobileNetV5 takes no mean or
 std) through the vision tower and the multimodal embedder, as Gemma3nModel.get_image_features does.
 """
 
@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from transformers import Gemma3nConfig, Gemma3nForConditionalGeneration
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-from mlx_dm.export.check import test_image  # noqa: E402
+from mlx_dm.evaluate.gguf_checks import test_image  # noqa: E402
 
 ROWS = [0, 1, 37, 128, 200, 255]  # image tokens kept in the fixture (all 256 would be 2 MB)
 

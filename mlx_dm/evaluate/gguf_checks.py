@@ -1,14 +1,15 @@
-"""Does the GGUF load, carry the right metadata, and answer as the trained MLX model does?"""
+"""Does an exported GGUF load in llama.cpp with the metadata the app relies on, and does its vision
+projector (mmproj) encode an image beside it?"""
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..data.render import GEMMA_CHAT_TEMPLATE
+from ..llama.runtime import captured_llama_logs, open_gguf
 
 
 @dataclass
@@ -25,25 +26,6 @@ class GgufCheck:
     @property
     def ok(self) -> bool:
         return self.loads and not self.problems
-
-
-@dataclass
-class Parity:
-    gguf: str
-    sequences: int
-    positions: int
-    argmax_agreement: float  # teacher-forced, over reply positions
-    max_logit_diff: float
-    mean_logit_diff: float
-    greedy_equal: int  # free-running greedy continuations identical to MLX's
-    greedy_total: int
-    llama_cpp_std_max_logit_diff: float | None = None  # MLX with llama.cpp's sample-std sparsity
-    # Where a greedy continuation left MLX's: sequence, token index, and MLX's top-1 minus top-2
-    # logit there (a margin under max_logit_diff is a near tie that any rounding may flip).
-    greedy_divergences: list[dict] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -133,8 +115,6 @@ def encode_image(text_gguf: Path, mmproj: Path, image: np.ndarray) -> tuple[np.n
 
 def check_mmproj(text_gguf: Path, mmproj: Path, expected_tokens: int = 256) -> MmprojCheck:
     """Load ``mmproj`` with mtmd beside the text model and encode :func:`test_image`."""
-    from .gguf import captured_llama_logs
-
     check = MmprojCheck(str(mmproj), False)
     log: list[str] = []
     try:
@@ -153,12 +133,6 @@ def check_mmproj(text_gguf: Path, mmproj: Path, expected_tokens: int = 256) -> M
     elif not check.finite:
         check.problems.append("the image embeddings are not finite")
     return check
-
-
-def open_gguf(path: Path, n_ctx: int = 2048, logits_all: bool = False, seed: int = 0):
-    from llama_cpp import Llama
-
-    return Llama(str(path), n_ctx=n_ctx, logits_all=logits_all, verbose=False, n_threads=None, seed=seed)
 
 
 def check_gguf(path: Path, prompt: str, n_ctx: int = 1024) -> GgufCheck:
@@ -187,130 +161,3 @@ def check_gguf(path: Path, prompt: str, n_ctx: int = 1024) -> GgufCheck:
     sample = llm.detokenize(out).decode("utf-8", errors="replace")
     llm.close()
     return GgufCheck(str(path), True, architecture, template_ok, has_eot, context, sample, problems)
-
-
-@contextlib.contextmanager
-def llama_cpp_sparsity_std():
-    """Diagnosis only: compute Gemma 3n's activation sparsity with llama.cpp's sample standard
-    deviation (n-1, src/models/gemma3n.cpp) instead of the reference's population one (n)."""
-    import mlx.core as mx
-    import mlx.nn as nn
-    import mlx_lm.models.gemma3n as gemma3n
-
-    original = gemma3n.gelu_topk
-
-    def sample_std_topk(inputs, std_multiplier):
-        mean = mx.mean(inputs, axis=-1, keepdims=True)
-        std = mx.sqrt(mx.sum((inputs - mean) ** 2, axis=-1, keepdims=True) / (inputs.shape[-1] - 1))
-        return nn.gelu_approx(mx.maximum(0, inputs - (mean + std * std_multiplier.astype(std.dtype))))
-
-    gemma3n.gelu_topk = sample_std_topk
-    try:
-        yield
-    finally:
-        gemma3n.gelu_topk = original
-
-
-@contextlib.contextmanager
-def llama_cpp_gelu_table():
-    """Diagnosis only: GELU as llama.cpp's CPU backend computes it, from a table indexed by the
-    input rounded to f16, giving an f16 value (ggml-cpu/vec.h, GGML_GELU_FP16); exact outside
-    [-10, 10]."""
-    import mlx.core as mx
-    import mlx.nn as nn
-
-    original = nn.gelu_approx
-
-    def table_gelu(inputs):
-        rounded = original(inputs.astype(mx.float16).astype(inputs.dtype)).astype(mx.float16).astype(inputs.dtype)
-        return mx.where(inputs <= -10, 0, mx.where(inputs >= 10, inputs, rounded))
-
-    nn.gelu_approx = table_gelu
-    try:
-        yield
-    finally:
-        nn.gelu_approx = original
-
-
-@contextlib.contextmanager
-def llama_cpp_numerics():
-    """Both of llama.cpp's deliberate numeric differences from the reference, for checking that a
-    GGUF computes the trained graph: with them, an f32 GGUF must match MLX to float32 rounding."""
-    with llama_cpp_sparsity_std(), llama_cpp_gelu_table():
-        yield
-
-
-@dataclass
-class MlxReference:
-    """What the MLX model says for each sequence, computed once and compared with every GGUF."""
-
-    sequences: list[tuple[list[int], int]]  # (token ids, index where the reply starts)
-    logits: list[np.ndarray]
-    sample_std_logits: list[np.ndarray]  # with llama.cpp's sparsity convention
-    greedy: list[list[int]]
-    greedy_margins: list[list[float]]  # top-1 minus top-2 logit at each greedy step
-
-    @property
-    def greedy_tokens(self) -> int:
-        return len(self.greedy[0]) if self.greedy else 0
-
-
-def mlx_reference(model, sequences: list[tuple[list[int], int]], greedy_tokens: int = 12) -> MlxReference:
-    """Teacher-forced logits and free-running greedy continuations of the MLX model."""
-    import mlx.core as mx
-    from mlx_lm.models.cache import make_prompt_cache
-
-    logits, sample_std_logits, greedy, margins = [], [], [], []
-    for ids, reply_start in sequences:
-        logits.append(np.array(model(mx.array([ids]))[0], dtype=np.float32))
-        with llama_cpp_sparsity_std():
-            sample_std_logits.append(np.array(model(mx.array([ids]))[0], dtype=np.float32))
-        cache = make_prompt_cache(model)
-        step = model(mx.array([ids[:reply_start]]), cache=cache)
-        tokens: list[int] = []
-        gaps: list[float] = []
-        for _ in range(greedy_tokens):
-            row = np.array(step[0, -1], dtype=np.float32)
-            second, first = np.partition(row, -2)[-2:]
-            tokens.append(int(row.argmax()))
-            gaps.append(float(first - second))
-            step = model(mx.array([[tokens[-1]]]), cache=cache)
-        greedy.append(tokens)
-        margins.append(gaps)
-    return MlxReference(sequences, logits, sample_std_logits, greedy, margins)
-
-
-def parity(reference: MlxReference, gguf: Path) -> Parity:
-    """Compare a GGUF with the MLX reference position by position (teacher-forced) and by greedy output."""
-    sequences = reference.sequences
-    greedy_tokens = reference.greedy_tokens
-    n_ctx = max(len(ids) for ids, _ in sequences) + greedy_tokens + 8
-    llm = open_gguf(gguf, n_ctx=n_ctx, logits_all=True)
-    diffs, agree, positions, greedy_equal = [], 0, 0, 0
-    sample_std_diffs, divergences = [], []
-    for index, (ids, reply_start) in enumerate(sequences):
-        ours, matched, mine = reference.logits[index], reference.sample_std_logits[index], reference.greedy[index]
-        llm.reset()
-        llm.eval(ids)
-        theirs = np.array(llm.scores[: len(ids)], dtype=np.float32)[:, : ours.shape[-1]]
-        window = slice(max(reply_start - 1, 0), len(ids) - 1)
-        diff = np.abs(ours[window] - theirs[window])
-        diffs.append(diff.max(axis=-1))
-        agree += int((ours[window].argmax(-1) == theirs[window].argmax(-1)).sum())
-        positions += diff.shape[0]
-        sample_std_diffs.append(float(np.abs(matched[window] - theirs[window]).max()))
-        llm.reset()
-        theirs_greedy = []
-        for token in llm.generate(ids[:reply_start], temp=0.0, top_k=1):
-            theirs_greedy.append(int(token))
-            if len(theirs_greedy) == greedy_tokens:
-                break
-        greedy_equal += int(mine == theirs_greedy)
-        if mine != theirs_greedy:
-            at = next(i for i, (a, b) in enumerate(zip(mine, theirs_greedy + [-1] * len(mine))) if a != b)
-            divergences.append({"sequence": index, "token": at, "mlx_margin": reference.greedy_margins[index][at]})
-    llm.close()
-    all_diffs = np.concatenate(diffs) if diffs else np.zeros(1)
-    return Parity(str(gguf), len(sequences), positions, agree / max(positions, 1), float(all_diffs.max()),
-                  float(all_diffs.mean()), greedy_equal, len(sequences), max(sample_std_diffs, default=None),
-                  divergences)

@@ -1,0 +1,53 @@
+"""`mlx-dm validate`: score a GGUF and check it against the app, outside a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..errors import ModelError
+from ..evaluate.validate import raise_if_failed
+from ..pipeline.data import build
+from ..pipeline.project import Project
+from ..pipeline.settings import dev_validation
+from ..pipeline.validate import validate_gguf
+from ..runs import new_run
+from .common import PROJECT_OPTION, app, project_of, writes_project
+from .reporter import RichReporter
+
+
+@app.command("validate")
+@writes_project("validate")
+def validate_command(
+    model: Optional[Path] = typer.Option(None, "--model", help="The GGUF to validate (default: the current model in assets/models)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="Its run's adapters/ folder, to score the MLX models beside it (default: from the manifest)."),
+    max_cases: Optional[int] = typer.Option(None, "--max-cases", min=0, help="Score only this many cases (0: all)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens generated per DM reply (validate.max_tokens)."),
+    n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context length the app uses."),
+    phone_ram_gb: Optional[float] = typer.Option(None, "--phone-ram-gb", help="RAM of the smallest phone to support."),
+    no_base: bool = typer.Option(False, "--no-base", help="Do not score the base model."),
+    dev: bool = typer.Option(False, "--dev", help="Tiny dev model: report scores without quality thresholds."),
+    project: Optional[Path] = PROJECT_OPTION,
+) -> None:
+    """Score a GGUF on the validation split and the D&D suite, and check it against the app (Cactus)."""
+    where = project_of(project, validate={"max_cases": max_cases, "max_tokens": max_tokens, "n_ctx": n_ctx,
+                                          "phone_ram_gb": phone_ram_gb, "compare_base": False if no_base else None})
+    if dev:
+        where = Project(dev_validation(where.config))
+    build(where.config)
+    if model is None:
+        current = where.current_model()
+        if current is None:
+            raise ModelError("no model given and none in assets/models", "pass --model FILE.gguf, or train first (`npm run train`)")
+        model = where.path(current["gguf_path"])
+    if not model.is_file():
+        raise ModelError(f"no GGUF file at {model}", "pass --model with a .gguf from assets/models (see manifest.json)")
+    if adapter is not None:
+        adapter_dir, base_path = adapter, where.base(where.base_of_adapter(adapter))
+    else:
+        adapter_dir, base_path = where.run_of_model(where.entry_of_gguf(model))
+    report, path = validate_gguf(where, model, adapter_dir, base_path, new_run(where.runs_dir, "validate").path,
+                                 RichReporter(), where.previous_model(model))
+    raise_if_failed(report, path)

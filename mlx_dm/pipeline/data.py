@@ -1,0 +1,36 @@
+"""The data stage: scenarios parsed, validated and written as the dataset folder; the project's tool
+vocabulary (mlx-dm-tools.json) and docs/tools.md kept current."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config
+from ..data.dataset import Dataset, build_dataset, write_dataset
+from ..data.vocabulary import extend_vocabulary, write_tools_doc
+
+
+@dataclass
+class BuiltDataset:
+    dataset: Dataset
+    path: Path
+    new_tools: list[dict] = field(default_factory=list)  # tools not seen in earlier builds, with where they first appear
+
+
+def read_dataset(config: Config, scenarios: Path | None = None) -> Dataset:
+    root = Path(scenarios) if scenarios else config.path(config.data.scenarios_dir)
+    data = config.data
+    return build_dataset(root, data.validation_fraction, data.seed, data.strict,
+                         data.target_mix if data.balance else None, data.agent_tools, data.max_file_bytes)
+
+
+def build(config: Config, scenarios: Path | None = None) -> BuiltDataset:
+    """Write the dataset of the project's scenarios (or of `scenarios`, leaving the vocabulary alone)."""
+    dataset = read_dataset(config, scenarios)
+    built = BuiltDataset(dataset, write_dataset(dataset, config.path(config.data.dataset_dir)))
+    if scenarios is None:
+        new, vocabulary = extend_vocabulary(Path(config.project_dir), dataset.vocabulary, config.data.agent_tools)
+        built.new_tools = [{"name": name, **vocabulary[name]} for name in new]
+        write_tools_doc(Path(config.project_dir), vocabulary, config.data.agent_tools)
+    return built

@@ -1,0 +1,71 @@
+"""Settings resolved once: hardware profile < mlx-dm.toml < flags < the dev profile; and the
+decisions that follow from the base model (memory savings, quantisation type, the model's name)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..config import Config, explicit_settings, load_config
+from ..hardware import Hardware, checkpoint_bytes, fits_without_savings
+from ..model.hub import GEMMA3_270M, TINY_BASES
+
+# The tiny model on a 2-core CPU in minutes: short rows, a capped number of steps.
+DEV_PROFILE = {"max_seq_length": 256, "max_steps": 24, "epochs": 1, "batch_size": 2, "learning_rate": 1e-3}
+
+
+def resolve_settings(project_dir: Path, hardware: Hardware | None, dev: bool = False, **flags: dict) -> Config:
+    """The settings of one command: `flags` per section (None: not given), the dev profile last."""
+    config = load_config(project_dir, overrides=flags, hardware=hardware)
+    return dev_profile(config, flags.get("train", {})) if dev else config
+
+
+def dev_profile(config: Config, explicit_train: dict) -> Config:
+    """The built-in tiny model with a short schedule; flags given on the command line still win.
+    With model.vision, the tiny model with towers."""
+    train = {name: value for name, value in DEV_PROFILE.items() if explicit_train.get(name) is None}
+    train.update(steps_per_eval=min(config.train.steps_per_eval, 8),
+                 steps_per_checkpoint=min(config.train.steps_per_checkpoint, 8), grad_checkpoint=False)
+    config = config.override("the dev profile", train=train, model={
+        "base_model": "tiny-vision" if config.model.vision else "tiny", "quantize_base": False})
+    return dev_validation(config)
+
+
+def dev_validation(config: Config) -> Config:
+    """Scores without quality thresholds on a short, balanced set of cases (MLX decodes the tiny
+    model at ~15 tokens/s on 2 CPU cores; the GGUF at ~600)."""
+    return config.override("the dev profile", validate={
+        "quality_thresholds": False, "max_tokens": min(config.validate.max_tokens, 32),
+        "max_cases": config.validate.max_cases or 12})
+
+
+def settle_memory_savings(config: Config, base_path: Path, hardware: Hardware) -> Config:
+    """Without the profile's 4-bit base and checkpointing for a base that fits without them.
+
+    The hardware profile assumes Gemma 3n E2B; a small base needs neither saving, unless
+    mlx-dm.toml asks for it."""
+    if not (config.model.quantize_base or config.train.grad_checkpoint) or not fits_without_savings(hardware, base_path):
+        return config
+    chosen = explicit_settings(config.project_dir)
+    return config.override(
+        "memory settings for a small base",
+        model={"quantize_base": None if "model.quantize_base" in chosen else False},
+        train={"grad_checkpoint": None if "train.grad_checkpoint" in chosen else False})
+
+
+def default_quant(base_path: Path) -> str:
+    """Q4_K_M for Gemma 3n (what fits the phone budget). Q8_0 for small Gemma 3 models: on the real
+    Gemma 3 270M, Q4_K_M lost 21 points of tool-call F1 against the tuned model and Q8_0 one
+    (docs/real-model/), for 292 MB instead of 253."""
+    config = json.loads((Path(base_path) / "config.json").read_text())
+    small = checkpoint_bytes(base_path) < 2e9 * (2 if config.get("torch_dtype") == "float32" else 1)
+    return "Q8_0" if config.get("model_type") != "gemma3n" and small else "Q4_K_M"
+
+
+def model_name(base_model: str) -> str:
+    """The name the app's files carry: dm-<base>, e.g. dm-gemma-3n-e2b."""
+    if base_model in TINY_BASES:
+        return "dm-" + base_model.replace("tiny", "tiny-gemma3n")
+    if base_model == GEMMA3_270M:
+        return "dm-gemma3-270m"
+    return "dm-" + base_model.split("/")[-1].lower().replace("-it", "").replace("_", "-")

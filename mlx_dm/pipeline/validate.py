@@ -1,0 +1,81 @@
+"""The validation and promotion stages: score a stored version beside the tuned and base MLX models
+and the app's current one, check it for the app, then promote it only when it passed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..dice import DICE_TOOLS
+from ..errors import ValidationFailed
+from ..evaluate.cases import suite_cases, validation_cases
+from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation, write_report
+from ..inference import MlxBackend
+from ..registry import PlacedModel, promote, prune_versions, update_version
+from .project import Project
+from .reporter import Reporter
+
+
+@dataclass(frozen=True)
+class Promoted:
+    placed: PlacedModel
+    pruned: list[str]
+
+
+def _training_texts(dataset_dir: Path) -> list[str]:
+    """Every DM reply of the dataset (validation flags replies that repeat them word for word)."""
+    return [m["content"] for name in ("train.jsonl", "valid.jsonl") if (dataset_dir / name).exists()
+            for line in (dataset_dir / name).read_text(encoding="utf-8").splitlines()
+            for m in json.loads(line)["messages"] if m["role"] == "assistant"]
+
+
+def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_path: Path | None, out_dir: Path,
+                  reporter: Reporter, previous: Path | None = None) -> tuple[ValidationReport, Path]:
+    """Score and check `gguf`; the report (written to `out_dir`) and its path. Raises nothing: see `decide`."""
+    config, dataset_dir = project.config, project.dataset_dir
+    cases = validation_cases(dataset_dir) + suite_cases()
+    vocabulary_file = dataset_dir / "vocabulary.json"
+    vocabulary = set(json.loads(vocabulary_file.read_text())) if vocabulary_file.exists() else set()
+    vocabulary |= set(DICE_TOOLS) | {t.lower() for t in config.data.agent_tools}
+    backends = []
+    if adapter_dir is not None and base_path is not None:
+        backends.append((TUNED_MLX, lambda: MlxBackend(base_path, adapter_dir)))
+        if config.validate.compare_base:
+            backends.append((BASE_MLX, lambda: MlxBackend(base_path)))
+    try:
+        report = run_validation(gguf, cases, vocabulary, list(config.data.agent_tools), _training_texts(dataset_dir),
+                                config.validate, backends, previous,
+                                lambda label, done, total: reporter.progress("validation", label, done, total))
+    finally:
+        reporter.finished("validation")
+    path = write_report(report, out_dir)
+    reporter.result("validation", (report, path))
+    return report, path
+
+
+def validate_and_promote(project: Project, placed: PlacedModel, adapter_dir: Path | None, base_path: Path | None,
+                         out_dir: Path, reporter: Reporter, validated: bool = False) -> Promoted:
+    """Validate a stored version against the app's current model; promote it only when it passes.
+
+    `validated`: it passed in an earlier, interrupted run; only the promotion is left. A version
+    that fails is kept in versions/ as "rejected" and ValidationFailed is raised."""
+    current = project.current_model()
+    if not validated:
+        reporter.stage("validation", f"scoring {Path(placed.gguf_path).name}", out_dir.parent)
+        previous = project.path(current["gguf_path"]) if current else None
+        report, path = validate_gguf(project, project.path(placed.gguf_path), adapter_dir, base_path, out_dir, reporter,
+                                     previous if previous and previous.is_file() else None)
+        try:
+            raise_if_failed(report, path)
+        except ValidationFailed:
+            update_version(project.root, placed, status="rejected", validation=str(path))
+            reporter.warn(f"{placed.version} is kept in assets/models/versions but not used: the app stays on "
+                          f"{current['version'] if current else 'no model'}")
+            raise
+        scores = {k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance")} if report.evaluations else {}
+        update_version(project.root, placed, status="validated", validation=str(path), scores=scores)
+    reporter.stage("promotion", placed.version, out_dir.parent)
+    promoted = Promoted(promote(project.root, placed.version), prune_versions(project.root, project.config.model.keep_versions))
+    reporter.result("promotion", promoted)
+    return promoted

@@ -1,0 +1,129 @@
+"""The pipeline's decisions, called as the pipeline calls them: the retraining plan, promote or keep,
+and the settings it resolves once."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from mlx_dm.config import load_config
+from mlx_dm.errors import ConfigError, ValidationFailed
+from mlx_dm.evaluate.validate import Check, ValidationReport
+from mlx_dm.pipeline import validate as validate_stage
+from mlx_dm.pipeline.plan import plan_retraining
+from mlx_dm.pipeline.project import Project
+from mlx_dm.pipeline.reporter import Reporter
+from mlx_dm.pipeline.settings import dev_profile
+from mlx_dm.registry import load_manifest, models_dir_of, promote, stage
+
+
+def _version(project: Path, run: str, files: dict[str, str], adapter: bool = True, base: str = "tiny"):
+    """A stored version of `base` trained on `files` (path -> sha256), with its adapter."""
+    gguf = project / "runs" / run / "model.gguf"
+    gguf.parent.mkdir(parents=True)
+    gguf.write_bytes(run.encode() * 64)
+    adapter_dir = None
+    if adapter:
+        adapter_dir = project / "runs" / run / "adapters"
+        adapter_dir.mkdir()
+        (adapter_dir / "adapters.safetensors").write_bytes(b"lora")
+        (adapter_dir / "adapter_config.json").write_text("{}")
+    return stage(gguf, project, "dm-tiny-gemma3n", "Q4_K_M", base, run, "fp", 2048, adapter_dir=adapter_dir,
+                 data_files=files)
+
+
+def _dataset(project: Path, files: dict[str, str]) -> Path:
+    folder = project / ".mlx-dm" / "dataset"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "files.json").write_text(json.dumps(files))
+    (folder / "fingerprint.txt").write_text("fp\n")
+    rows = [{"path": path, "messages": []} for path in files]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _project(tmp_path: Path) -> Project:
+    return Project(load_config(tmp_path).override(model={"base_model": "tiny"}))
+
+
+def test_plan_trains_in_full_without_an_app_model(tmp_path):
+    plan = plan_retraining(_project(tmp_path), _dataset(tmp_path, {"a.md": "1"}), None, False)
+    assert plan.action == "full" and plan.changes is None
+    with pytest.raises(ConfigError, match="--incremental needs"):
+        plan_retraining(_project(tmp_path), _dataset(tmp_path, {"a.md": "1"}), True, False)
+
+
+def test_plan_stops_trains_incrementally_or_in_full(tmp_path):
+    seen = {"a.md": "1", "b.md": "2"}
+    promote(tmp_path, _version(tmp_path, "r1", seen).version)
+    project = _project(tmp_path)
+    same = plan_retraining(project, _dataset(tmp_path, seen), None, False)
+    assert same.action == "nothing" and same.version == "v1"
+    assert plan_retraining(project, _dataset(tmp_path, seen), None, True).action == "full"  # --force
+    added = plan_retraining(project, _dataset(tmp_path, {**seen, "c.md": "3"}), None, False)
+    assert added.action == "incremental" and added.changes.new == ["c.md"]
+    assert added.config.train.init_adapter.endswith("dm-tiny-gemma3n-v1/adapters")
+    assert project.config.train.init_adapter == ""  # the project's own settings are not changed
+    assert (added.dataset_dir / "incremental.json").exists() and added.new == 1
+    changed = plan_retraining(project, _dataset(tmp_path, {"a.md": "1", "b.md": "9"}), None, False)
+    assert changed.action == "full" and changed.changes.changed == ["b.md"]
+    assert plan_retraining(project, _dataset(tmp_path, {**seen, "c.md": "3"}), False, False).action == "full"  # --full
+
+
+def _report(passed: bool) -> ValidationReport:
+    return ValidationReport("x.gguf", 1, [], None, None, {}, [Check("tool F1", passed, 0.5, 0.6)])
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_a_version_is_promoted_only_when_validation_passes(tmp_path, monkeypatch, passes):
+    promote(tmp_path, _version(tmp_path, "r1", {"a.md": "1"}).version)
+    candidate = _version(tmp_path, "r2", {"a.md": "1", "b.md": "2"})
+
+    def scored(project, gguf, adapter_dir, base_path, out_dir, reporter, previous=None):
+        assert previous == project.path(project.current_model()["gguf_path"])  # compared with the app's model
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return _report(passes), out_dir / "validation.md"
+
+    monkeypatch.setattr(validate_stage, "validate_gguf", scored)
+    project = _project(tmp_path)
+    if passes:
+        promoted = validate_stage.validate_and_promote(project, candidate, None, None, tmp_path / "runs" / "r2" / "v", Reporter())
+        assert promoted.placed.version == "v2"
+    else:
+        with pytest.raises(ValidationFailed):
+            validate_stage.validate_and_promote(project, candidate, None, None, tmp_path / "runs" / "r2" / "v", Reporter())
+    manifest = load_manifest(models_dir_of(tmp_path))
+    assert manifest["current"]["version"] == ("v2" if passes else "v1")
+    assert [v["status"] for v in manifest["versions"]] == (["promoted", "promoted"] if passes else ["promoted", "rejected"])
+    assert [p.name for p in models_dir_of(tmp_path).glob("*.gguf")] == [Path(manifest["current"]["gguf_path"]).name]
+
+
+def test_a_validated_version_is_promoted_without_validating_it_again(tmp_path, monkeypatch):
+    candidate = _version(tmp_path, "r1", {"a.md": "1"})
+    monkeypatch.setattr(validate_stage, "validate_gguf", lambda *args, **kwargs: pytest.fail("validated again"))
+    validate_stage.validate_and_promote(_project(tmp_path), candidate, None, None, tmp_path / "v", Reporter(), validated=True)
+    assert load_manifest(models_dir_of(tmp_path))["current"]["version"] == "v1"
+
+
+def test_settings_are_frozen_and_overrides_are_checked_like_flags(tmp_path):
+    config = load_config(tmp_path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.train.max_steps = 3
+    assert config.override(train={"max_steps": 3}).train.max_steps == 3 and config.train.max_steps == 0
+    with pytest.raises(ConfigError, match="unknown setting 'max_stepz'"):
+        config.override(train={"max_stepz": 3})
+    dev = dev_profile(config, {"max_steps": 7})
+    assert dev.model.base_model == "tiny" and dev.train.max_seq_length == 256
+    assert dev.train.max_steps == config.train.max_steps  # a flag given on the command line wins over the profile
+
+
+def test_a_rerun_reuses_its_unvalidated_version_and_a_new_export_makes_a_new_one(tmp_path):
+    first = _version(tmp_path, "r1", {"a.md": "1"})
+    gguf = tmp_path / "runs" / "r1" / "model.gguf"
+    again = stage(gguf, tmp_path, "dm-tiny-gemma3n", "Q4_K_M", "tiny", "r1", "fp", 2048)
+    assert again.version == first.version == "v1"  # the export was cut short before validation: same version
+    promote(tmp_path, "v1")
+    assert stage(gguf, tmp_path, "dm-tiny-gemma3n", "Q4_K_M", "tiny", "r1", "fp", 2048).version == "v2"
