@@ -84,7 +84,7 @@ def test_prune_keeps_the_newest_the_current_and_the_rollback_target(tmp_path):
 
 
 def test_data_changes_and_incremental_dataset(tmp_path):
-    from mlx_dm.incremental import data_changes, incremental_dataset
+    from mlx_dm.pipeline.plan import data_changes, incremental_dataset
 
     changes = data_changes({"a.md": "1", "b.md": "2", "c.md": "3"}, {"a.md": "1", "b.md": "9", "d.md": "4"})
     assert (changes.new, changes.changed, changes.removed) == (["d.md"], ["b.md"], ["c.md"])
