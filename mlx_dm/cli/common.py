@@ -40,7 +40,9 @@ def project_dir(project: Optional[Path] = None) -> Path:
     return Path(project) if project is not None else Path(state["project"])
 
 
+@functools.lru_cache(maxsize=1)
 def hardware() -> Hardware:
+    """This machine, detected once per command (settings and the stages both ask)."""
     return detect()
 
 
