@@ -2,11 +2,13 @@
 
 - docs/troubleshooting.md: every error mlx-dm raises, with its hint;
 - docs/usage.md: every command and flag (from the CLI itself) and every `mlx-dm.toml` key (from
-  the config dataclasses, with their defaults and comments).
+  the config dataclasses, with their defaults and comments);
+- scripts/mlx-dm.toml: the settings file `npx mlx-dm init` writes into a game, every key
+  commented out at its default.
 
-    python -m mlx_dm.docs      # rewrite both
+    python -m mlx_dm.docs      # rewrite all three
 
-A test checks both files are current.
+A test checks they are current.
 """
 
 from __future__ import annotations
@@ -82,9 +84,12 @@ USAGE_INTRO = """\
 
 ## npm scripts
 
-`scripts/train-model.js` creates `.venv` on the first run, installs mlx-dm into it, then forwards
-every argument to the `mlx-dm` command below; `pnpm run ...` works the same as `npm run ...`.
-Extra flags go after `--`: `npm run train -- --epochs 2 --base ./my-gemma`.
+`npx mlx-dm init` adds these scripts to a game's package.json. The first run creates `.venv` in the
+game's folder and installs mlx-dm's Python package into it (from the npm package's own copy), then
+every run forwards its arguments to the `mlx-dm` command below, with the game's folder as the
+project; `pnpm run ...` works the same as `npm run ...`. Extra flags go after `--`:
+`npm run train -- --epochs 2 --base ./my-gemma`. In a checkout of mlx-dm itself the same scripts
+run `node scripts/train-model.js` instead.
 
 | script | runs |
 |---|---|
@@ -212,7 +217,7 @@ def usage_markdown() -> str:
 
     from .cli import app
 
-    scripts = json.loads((PACKAGE.parent / "package.json").read_text(encoding="utf-8"))["scripts"]
+    scripts = json.loads((PACKAGE.parent / "package.json").read_text(encoding="utf-8"))["mlx-dm"]["gameScripts"]
     rows = "\n".join(f"| `npm run {name}` | `{command}` |" for name, command in scripts.items())
     root = typer.main.get_command(app)
     lines = [USAGE_INTRO.format(scripts=rows).rstrip(), "",
@@ -223,12 +228,39 @@ def usage_markdown() -> str:
     return "\n".join(lines)
 
 
-GENERATED_PAGES = {"troubleshooting.md": troubleshooting_markdown, "usage.md": usage_markdown}
+def settings_template() -> str:
+    """The mlx-dm.toml a game starts with: every section, every key commented out at its default, so
+    a user uncomments what they change and the rest follows mlx-dm's defaults (and their updates)."""
+    import dataclasses
+
+    from .config import Config
+
+    comments = _config_comments()
+    lines = ["# mlx-dm settings for this game (written by `npx mlx-dm init`; yours to edit).",
+             "# Every key is commented out at its default: uncomment a line to change it. The hardware profile",
+             "# (`npx mlx-dm doctor`) and `--dev` change some defaults; flags override this file.",
+             "# Every key explained: node_modules/mlx-dm/docs/usage.md", ""]
+    for section in dataclasses.fields(Config):
+        if section.default_factory is dataclasses.MISSING:
+            continue
+        instance = section.default_factory()
+        lines.append(f"[{section.name}]")
+        for item in dataclasses.fields(instance):
+            meaning = comments.get((type(instance).__name__, item.name))
+            if meaning:
+                lines.append(f"# {meaning}")
+            lines.append(f"# {item.name} = {_toml_value(getattr(instance, item.name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+GENERATED = {"docs/troubleshooting.md": troubleshooting_markdown, "docs/usage.md": usage_markdown,
+             "scripts/mlx-dm.toml": settings_template}
 
 
 def main() -> int:
-    for name, render in GENERATED_PAGES.items():
-        target = PACKAGE.parent / "docs" / name
+    for name, render in GENERATED.items():
+        target = PACKAGE.parent / name
         target.write_text(render(), encoding="utf-8")
         print(f"wrote {target}")
     return 0

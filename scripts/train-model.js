@@ -1,12 +1,20 @@
 #!/usr/bin/env node
-// Bootstrap only: find Python >= 3.10, make .venv, install mlx-dm when pyproject.toml changed,
-// then run `mlx-dm <args>` (or pytest) with the arguments forwarded. No training logic here.
+// Bootstrap only: find Python >= 3.10, make .venv in the project (the folder it was started from),
+// install mlx-dm's Python package when it changed, then run `mlx-dm <args>` (or pytest) there with
+// the arguments forwarded. No training logic here; `init` is handed to scripts/init-game.js.
 //
-//   node scripts/train-model.js run --dev        -> .venv/bin/mlx-dm run --dev
+//   npx mlx-dm init                              -> scripts/init-game.js (package.json scripts, mlx-dm.toml, ...)
+//   npx mlx-dm run --dev                         -> .venv/bin/mlx-dm run --dev
 //   node scripts/train-model.js pytest -q        -> .venv/bin/python -m pytest -q
 //
 // Environment: MLX_DM_PYTHON (interpreter to use), MLX_DM_VENV (venv folder, default .venv),
 // MLX_DM_CACHE (downloads and built wheels kept across environments, default ~/.cache/mlx-dm).
+//
+// Two ways this file runs. From a checkout of mlx-dm, the package is installed editable. From
+// node_modules (the game added mlx-dm as a dependency), the package there is read-only: its Python
+// sources are copied to a temporary folder and installed from there (pip and setuptools write
+// build/ and *.egg-info beside the sources they build), and the install stamp covers every source
+// file, so a new version of the npm package reinstalls.
 //
 // llama-cpp-python is built from its sdist with the flags of mlx_dm/llama/build.json, into a wheel
 // cache keyed by those flags: pip's own wheel cache is keyed by the sdist only, so a wheel built with
@@ -19,7 +27,9 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 
-const ROOT = path.resolve(__dirname, '..');
+const ROOT = path.resolve(__dirname, '..');  // the package: pyproject.toml and mlx_dm/
+const PROJECT = process.cwd();  // the game: ai-training/, assets/models/, mlx-dm.toml
+const INSTALLED = fs.realpathSync(ROOT).split(path.sep).includes('node_modules');
 const MIN = [3, 10];
 const SIGNAL_WORDS = {
   SIGILL: 'illegal instruction: native code built for another CPU', SIGSEGV: 'segmentation fault',
@@ -141,8 +151,44 @@ function llamaWheel(python, build, cmakeArgs, key) {
   return path.join(folder, fs.readdirSync(folder).find((f) => f.endsWith('.whl')));
 }
 
+// The package's Python sources, in order, for the stamp of an installed (non-editable) copy.
+function pythonSources(folder = path.join(ROOT, 'mlx_dm')) {
+  const files = [];
+  for (const entry of fs.readdirSync(folder, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+    if (entry.name === '__pycache__' || entry.name.endsWith('.pyc')) continue;
+    const full = path.join(folder, entry.name);
+    if (entry.isDirectory()) files.push(...pythonSources(full));
+    else files.push(full);
+  }
+  return files;
+}
+
+// Copies what pip needs to build the package into a temporary folder, so nothing is written into ROOT.
+function stagedSources() {
+  const staged = fs.mkdtempSync(path.join(os.tmpdir(), 'mlx-dm-src-'));
+  for (const name of ['pyproject.toml', 'README.md']) fs.copyFileSync(path.join(ROOT, name), path.join(staged, name));
+  for (const file of pythonSources()) {
+    const target = path.join(staged, path.relative(ROOT, file));
+    fs.mkdirSync(path.dirname(target), { recursive: true });
+    fs.copyFileSync(file, target);
+  }
+  return staged;
+}
+
+function installPackage(python, extras, useUv) {
+  const source = INSTALLED ? stagedSources() : ROOT;
+  const target = `${source}${extras ? `[${extras}]` : ''}`;
+  const editable = INSTALLED ? [] : ['-e'];
+  try {
+    if (useUv) run('uv', ['pip', 'install', '--python', python, ...editable, target], 'installing mlx-dm');
+    else run(python, ['-m', 'pip', 'install', ...editable, target], 'installing mlx-dm');
+  } finally {
+    if (INSTALLED) fs.rmSync(source, { recursive: true, force: true });
+  }
+}
+
 function ensureEnvironment(extras) {
-  const venv = path.resolve(ROOT, process.env.MLX_DM_VENV || '.venv');
+  const venv = path.resolve(PROJECT, process.env.MLX_DM_VENV || '.venv');
   const python = venvBin(venv, 'python');
   const useUv = hasCommand('uv');
   if (!fs.existsSync(python)) {
@@ -155,16 +201,17 @@ function ensureEnvironment(extras) {
   const build = JSON.parse(fs.readFileSync(path.join(ROOT, 'mlx_dm', 'llama', 'build.json'), 'utf8'));
   const cmakeArgs = llamaCmakeArgs(build);
   const llamaKey = sha256(JSON.stringify([build.version, build.sdist.sha256, cmakeArgs]));  // = build.py: stamp_key()
-  const stampWanted = crypto.createHash('sha256').update(pyproject).update(`extras=${extras}`).update(llamaKey).digest('hex');
+  const stamp = crypto.createHash('sha256').update(pyproject).update(`extras=${extras}`).update(llamaKey);
+  if (INSTALLED) for (const file of pythonSources()) stamp.update(path.relative(ROOT, file)).update(fs.readFileSync(file));
+  const stampWanted = stamp.digest('hex');
   const stampFile = path.join(venv, '.mlx-dm-install-stamp');
-  const stamp = fs.existsSync(stampFile) ? fs.readFileSync(stampFile, 'utf8').trim() : '';
-  if (stamp !== stampWanted) {
-    const target = extras ? `.[${extras}]` : '.';
+  const stampFound = fs.existsSync(stampFile) ? fs.readFileSync(stampFile, 'utf8').trim() : '';
+  if (stampFound !== stampWanted) {
     const wheel = llamaWheel(python, build, cmakeArgs, llamaKey);
     run(python, ['-m', 'pip', 'install', '--no-deps', '--force-reinstall', wheel], `installing ${path.basename(wheel)}`);
-    process.stderr.write(`mlx-dm bootstrap: installing mlx-dm${extras ? ` with ${extras}` : ''} into ${venv} (pyproject.toml or the llama.cpp build changed)\n`);
-    if (useUv) run('uv', ['pip', 'install', '--python', python, '-e', target], 'installing mlx-dm');
-    else run(python, ['-m', 'pip', 'install', '-e', target], 'installing mlx-dm');
+    process.stderr.write(`mlx-dm bootstrap: installing mlx-dm${extras ? ` with ${extras}` : ''} into ${venv} `
+      + `(${INSTALLED ? 'its sources' : 'pyproject.toml'} or the llama.cpp build changed; a few minutes)\n`);
+    installPackage(python, extras, useUv);
     fs.writeFileSync(path.join(venv, 'mlx-dm-llama-build.json'),
       `${JSON.stringify({ version: build.version, cmake_args: cmakeArgs, wheel }, null, 2)}\n`);
     fs.writeFileSync(stampFile, `${stampWanted}\n`);
@@ -174,6 +221,10 @@ function ensureEnvironment(extras) {
 
 function main() {
   const args = process.argv.slice(2);
+  if (args[0] === 'init') {
+    require('./init-game.js').cli(args.slice(1), ROOT, PROJECT);
+    return;
+  }
   const pytest = args[0] === 'pytest';
   const venv = ensureEnvironment(pytest ? 'test' : '');
   const [cmd, cmdArgs] = pytest

@@ -83,13 +83,46 @@ def test_installs_only_when_pyproject_changed(tmp_path):
     assert first.returncode == 4 and "mlx-dm train --epochs 2" in first.stdout
     calls = (tmp_path / "calls.log").read_text()
     assert f"python -m pip install --no-deps --force-reinstall {wheel}" in calls
-    assert calls.index("--force-reinstall") < calls.index("python -m pip install -e .")
+    assert calls.index("--force-reinstall") < calls.index(f"python -m pip install -e {ROOT}\n")
     assert (venv / ".mlx-dm-install-stamp").read_text().strip() == stamp_for()
     (tmp_path / "calls.log").unlink()
     second = node(["train"], env)
     assert second.returncode == 4 and not (tmp_path / "calls.log").exists()
     node(["pytest", "-k", "x"], env)
-    assert "python -m pip install -e .[test]" in (tmp_path / "calls.log").read_text()
+    assert f"python -m pip install -e {ROOT}[test]" in (tmp_path / "calls.log").read_text()
+
+
+def test_from_node_modules_installs_a_copy_of_the_sources_and_writes_nothing_there(tmp_path):
+    """As a dependency of a game the package is read-only: pip builds a temporary copy (setuptools
+    writes build/ and *.egg-info beside what it builds), and a changed source file reinstalls."""
+    from mlx_dm.llama.build import stamp_key
+
+    package = tmp_path / "game" / "node_modules" / "mlx-dm"
+    for name in ("package.json", "pyproject.toml", "README.md", "scripts/train-model.js", "scripts/init-game.js"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, package / name)
+    shutil.copytree(ROOT / "mlx_dm", package / "mlx_dm", ignore=shutil.ignore_patterns("__pycache__"))
+    before = sorted(p.relative_to(package) for p in package.rglob("*"))
+    venv = fake_venv(tmp_path, 'echo "mlx-dm $* in $PWD"\n', stamp=None)
+    with (venv / "bin" / "python").open("a") as python:  # the fake pip says whether it got the whole package
+        python.write('for a in "$@"; do [ -f "$a/mlx_dm/cli/__init__.py" ] && echo "staged $a" >> ' + str(tmp_path / "calls.log") + '; done\ntrue\n')
+    wheel = tmp_path / "cache" / "wheels" / f"llama-cpp-python-0.3.36-py3.11-{stamp_key()[:16]}" / "llama.whl"
+    wheel.parent.mkdir(parents=True)
+    wheel.write_text("")
+    env = {**os.environ, "MLX_DM_VENV": str(venv), "MLX_DM_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    run = lambda: subprocess.run(["node", str(package / "scripts" / "train-model.js"), "doctor"], cwd=tmp_path / "game",  # noqa: E731
+                                 env=env, capture_output=True, text=True, timeout=60)
+    first = run()
+    assert first.returncode == 0 and f"mlx-dm doctor in {tmp_path / 'game'}" in first.stdout, first.stderr
+    calls = (tmp_path / "calls.log").read_text()
+    (staged,) = [line.split(" ", 1)[1] for line in calls.splitlines() if line.startswith("staged ")]
+    assert f"python -m pip install {staged}\n" in calls and " -e " not in calls and not Path(staged).exists()
+    assert sorted(p.relative_to(package) for p in package.rglob("*")) == before
+    (tmp_path / "calls.log").unlink()
+    assert run().returncode == 0 and not (tmp_path / "calls.log").exists()  # installed: nothing to do
+    with (package / "mlx_dm" / "dice.py").open("a") as source:
+        source.write("# a new version of the npm package\n")
+    assert run().returncode == 0 and "staged " in (tmp_path / "calls.log").read_text()
 
 
 def test_ctrl_c_is_forwarded_to_mlx_dm(tmp_path):

@@ -268,3 +268,34 @@ def test_usage_page_lists_every_command_flag_and_setting():
     for section in ("data", "model", "train", "validate"):
         for item in dataclasses.fields(getattr(Config(), section)):
             assert f"| `{item.name}` |" in page, (section, item.name)
+
+
+def test_the_settings_template_init_writes_is_current_and_uncommented_gives_the_defaults(tmp_path):
+    import dataclasses
+
+    from mlx_dm.config import Config, load_config
+    from mlx_dm.docs import settings_template
+
+    text = settings_template()
+    assert (ROOT / "scripts" / "mlx-dm.toml").read_text(encoding="utf-8") == text, "regenerate it: python -m mlx_dm.docs"
+    assert load_config(_with_settings(tmp_path / "as-written", text)) == load_config(tmp_path / "as-written")
+    # Every key uncommented: the file sets each one, to the value the defaults already have.
+    keys = [f"# {item.name} = " for section in dataclasses.fields(Config) if section.default_factory is not dataclasses.MISSING
+            for item in dataclasses.fields(section.default_factory())]
+    lines = [line[2:] if any(line.startswith(key) for key in keys) else line for line in text.splitlines()]
+    assert sum(line != original for line, original in zip(lines, text.splitlines())) == len(keys)
+    uncommented = load_config(_with_settings(tmp_path / "uncommented", "\n".join(lines)))
+    defaults = Config(project_dir=uncommented.project_dir)
+    for section in ("data", "model", "train", "validate"):
+        for item in dataclasses.fields(getattr(defaults, section)):
+            got, want = getattr(getattr(uncommented, section), item.name), getattr(getattr(defaults, section), item.name)
+            if isinstance(want, dict):
+                assert got == pytest.approx(want, rel=1e-3), (section, item.name)
+            else:
+                assert got == want, (section, item.name)
+
+
+def _with_settings(folder, text):
+    folder.mkdir(parents=True)
+    (folder / "mlx-dm.toml").write_text(text, encoding="utf-8")
+    return folder

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..evaluate.validate import raise_if_failed
 from ..hardware import Hardware
+from ..model.hub import TINY_BASES
 from ..registry import placed_from_entry
 from ..runs import attach_log_file, new_run
 from .data import build
@@ -18,6 +19,7 @@ from .plan import Plan, plan_retraining
 from .project import Project
 from .reporter import Reporter
 from .resume import finished_training
+from .settings import dev_validation
 from .train import run_training, training_key
 from .validate import Promoted, validate_and_promote, validate_gguf
 
@@ -80,6 +82,10 @@ def validate_current(project: Project, reporter: Reporter) -> RunOutcome:
         return RunOutcome("validated")
     gguf = project.path(current["gguf_path"])
     adapter, base_path = project.run_of_model(current)
+    if current.get("base_model") in TINY_BASES and project.config.validate.quality_thresholds:
+        # A model from `--dev` has random weights: its scores say the route works, not that it is good.
+        reporter.note(f"{gguf.name} is the built-in tiny model (from --dev): scores reported without quality thresholds")
+        project = Project(dev_validation(project.config))
     reporter.stage("validation", f"scoring {gguf.name}")
     report, path = validate_gguf(project, gguf, adapter, base_path, new_run(project.runs_dir, "validate").path,
                                  reporter, project.previous_model(gguf))
