@@ -153,7 +153,10 @@ async function main(args, root, project) {
   checkFolders(project, said);
   for (const line of [...said.changed, ...said.notes]) process.stdout.write(`mlx-dm init: ${line}\n`);
   if (!said.changed.length) process.stdout.write(`mlx-dm init: nothing to change in ${project}\n`);
-  else process.stdout.write('next: add scenarios to ai-training/, then `npm run train:dev` (a quick offline check) and `npm run train`\n');
+  else {
+    const runner = (process.env.npm_config_user_agent || 'npm').split('/')[0];  // pnpm, yarn or npm, as started
+    process.stdout.write(`next: add scenarios to ai-training/, then \`${runner} run train:dev\` (a quick offline check) and \`${runner} run train\`\n`);
+  }
 }
 
 // Called by scripts/train-model.js: an InitError is printed as message and hint with exit code 2;
