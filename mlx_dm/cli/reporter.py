@@ -69,6 +69,8 @@ def show_dataset(built) -> None:
     s = built.dataset.summary
     say(f"{s.accepted} scenarios ({s.train} train, {s.valid} validation), {len(s.rejected)} rejected, "
         f"{s.warnings} warnings; report {built.path / 'report.md'}")
+    if s.split_overlap.get("warning"):
+        say(f"[yellow]warning[/yellow] {escape(s.split_overlap['warning'])}")
 
 
 def show_plan(plan) -> None:
@@ -129,6 +131,8 @@ def show_validation(outcome) -> None:
         recall = "n/a" if o["context_recall"] is None else round(o["context_recall"], 3)
         say(f"{evaluation.label}: tool F1 {o['tool_f1'] if o['tool_f1'] is None else round(o['tool_f1'], 3)}, "
             f"format {o['format_compliance']:.3f}, context recall {recall} ({evaluation.seconds:.0f} s)")
+        by_source = evaluation.by("source")
+        say("  " + "; ".join(f"{source} F1 {_cell(values.get('tool_f1'))}" for source, values in sorted(by_source.items())))
     for note in report.notes:
         say(f"[yellow]note[/yellow] {escape(note)}")
     say(f"report: {path}")

@@ -17,6 +17,7 @@ from ..errors import DataError
 from ..files import atomic_write_json, atomic_write_text
 from . import toolcalls
 from .discover import ScanResult, scan
+from .overlap import MIN_WORDS, split_overlap, text_groups
 from .render import context_text, render_scenario
 from .scenario import CATEGORIES, DM, Problem, Scenario
 
@@ -49,20 +50,12 @@ def _stable_key(seed: int, text: str) -> str:
     return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
 
 
-def split(scenarios: list[Scenario], validation_fraction: float, seed: int) -> tuple[list[Scenario], list[Scenario]]:
-    """Seeded split by scenario, stratified by category, stable when files are added.
-
-    Any corpus of two or more scenarios keeps at least one for validation and one for training.
-    """
-    if len(scenarios) < 2:
-        return list(scenarios), []
-    by_category: dict[str, list[Scenario]] = defaultdict(list)
-    for scenario in scenarios:
-        by_category[scenario.category].append(scenario)
-    total_valid = min(len(scenarios) - 1, max(1, round(validation_fraction * len(scenarios))))
+def _validation_quotas(by_category: dict[str, list[Scenario]], validation_fraction: float) -> dict[str, int]:
+    """Validation scenarios per category: largest remainder, never leaving a category without training."""
+    total = sum(len(items) for items in by_category.values())
+    total_valid = min(total - 1, max(1, round(validation_fraction * total)))
     quotas = {c: validation_fraction * len(items) for c, items in by_category.items()}
     counts = {c: int(q) for c, q in quotas.items()}
-    # Largest remainder, never leaving a category without a training example.
     order = sorted(quotas, key=lambda c: (-(quotas[c] - counts[c]), c))
     while sum(counts.values()) < total_valid:
         grew = False
@@ -74,13 +67,64 @@ def split(scenarios: list[Scenario], validation_fraction: float, seed: int) -> t
                 grew = True
         if not grew:
             break
-    train, valid = [], []
-    for category in sorted(by_category):
-        items = sorted(by_category[category], key=lambda s: _stable_key(seed, s.path))
-        valid += items[: counts[category]]
-        train += items[counts[category]:]
+    return counts
+
+
+def _by_category(scenarios: list[Scenario]) -> dict[str, list[Scenario]]:
+    by_category: dict[str, list[Scenario]] = defaultdict(list)
+    for scenario in scenarios:
+        by_category[scenario.category].append(scenario)
+    return by_category
+
+
+def validation_target(scenarios: list[Scenario], validation_fraction: float) -> int:
+    """How many scenarios the fraction asks to hold out."""
+    return sum(_validation_quotas(_by_category(scenarios), validation_fraction).values()) if len(scenarios) > 1 else 0
+
+
+def split(scenarios: list[Scenario], validation_fraction: float, seed: int) -> tuple[list[Scenario], list[Scenario]]:
+    """Seeded split by groups of scenarios that share no DM text (overlap.py), stratified by category,
+    stable when files are added.
+
+    Whole groups go to validation while they fit the category's quota, then any group that fits the
+    rest. Only when every group is too large (one corpus of recombined blocks) are files split one by
+    one, and the dataset report says how much validation text training saw. Any corpus of two or
+    more scenarios keeps at least one for validation and one for training.
+    """
+    if len(scenarios) < 2:
+        return list(scenarios), []
+    by_category = _by_category(scenarios)
+    counts = _validation_quotas(by_category, validation_fraction)
+    groups = sorted(text_groups(scenarios), key=lambda g: _stable_key(seed, g[0].path))
+    left = {c: len(items) for c, items in by_category.items()}  # training must keep one of each category
+    chosen: list[list[Scenario]] = []
+
+    def take(group: list[Scenario]) -> None:
+        chosen.append(group)
+        for scenario in group:
+            counts[scenario.category] -= 1
+            left[scenario.category] -= 1
+
+    def fits(group: list[Scenario], per_category: bool) -> bool:
+        need = Counter(s.category for s in group)
+        if any(left[c] - n < 1 for c, n in need.items()):
+            return False
+        if per_category:
+            return all(counts[c] >= n for c, n in need.items())
+        return len(group) <= sum(max(0, n) for n in counts.values())
+
+    for per_category in (True, False):
+        for group in groups:
+            if not any(group is c for c in chosen) and fits(group, per_category):
+                take(group)
+    valid = [s for group in chosen for s in group]
+    if not valid:  # every group too large: split file by file, and let the report say what is shared
+        counts = _validation_quotas(by_category, validation_fraction)
+        for category in sorted(by_category):
+            valid += sorted(by_category[category], key=lambda s: _stable_key(seed, s.path))[: counts[category]]
+    held_out = {s.path for s in valid}
     key = lambda s: s.path  # noqa: E731
-    return sorted(train, key=key), sorted(valid, key=key)
+    return sorted((s for s in scenarios if s.path not in held_out), key=key), sorted(valid, key=key)
 
 
 def balance(train: list[Scenario], target_mix: dict[str, float], seed: int) -> list[Scenario]:
@@ -158,6 +202,7 @@ class DatasetSummary:
     tools: dict[str, int]
     agent_drops: list[str]
     fingerprint: str
+    split_overlap: dict = field(default_factory=dict)  # overlap.SplitOverlap.to_dict(), with its warning
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -215,6 +260,7 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
             "add scenario files in the format of docs/scenario-format.md; `mlx-dm data validate` lists every problem",
         )
     train, valid = split(scenarios, validation_fraction, seed)
+    overlap = split_overlap(text_groups(scenarios), train, valid, validation_target(scenarios, validation_fraction))
     balanced = balance(train, balance_mix, seed) if balance_mix else list(train)
     vocab = tool_vocabulary(scenarios, list(agent_tools or DEFAULT_AGENT_TOOLS))
     summary = DatasetSummary(
@@ -237,6 +283,7 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
         tools={name: info.count for name, info in vocab.items()},
         agent_drops=[name for name, info in vocab.items() if not info.agent_acts],
         fingerprint=data_fingerprint(scenarios),
+        split_overlap={**overlap.to_dict(), "warning": overlap.warning},
     )
     return Dataset(summary, train, valid, balanced, vocab, problems)
 
@@ -292,8 +339,19 @@ def markdown_report(dataset: Dataset) -> str:
     ]
     for category in CATEGORIES:
         lines.append(f"| {category} | {s.categories_before.get(category, 0)} | {s.categories_after.get(category, 0)} |")
-    lines += ["", f"{s.inferred_categories} categories were inferred from tool calls and wording.", "",
-              "## Tools", "", "| tool | calls | the app's agent | argument patterns | first seen |", "|---|---|---|---|---|"]
+    lines += ["", f"{s.inferred_categories} categories were inferred from tool calls and wording.", ""]
+    overlap = s.split_overlap
+    if overlap:
+        lines += ["## Text shared between scenarios", "",
+                  f"Scenarios sharing a DM sentence of {MIN_WORDS}+ words are kept on one side of the split. "
+                  f"{overlap['groups']} groups, the largest {overlap['largest_group']} scenarios; "
+                  f"{overlap['linked_scenarios']} scenarios share text with another. Validation holds "
+                  f"{overlap['held_out']} of the {overlap['held_out_wanted']} wanted; "
+                  f"{overlap['shared_sentences']:.0%} of its DM sentences also occur in training.", ""]
+        if overlap.get("warning"):
+            lines += [f"**Warning:** {overlap['warning']}. Scenarios written apart (new places, parties and "
+                      "wording rather than reused blocks) make the validation scores mean more.", ""]
+    lines += ["## Tools", "", "| tool | calls | the app's agent | argument patterns | first seen |", "|---|---|---|---|---|"]
     for name, info in dataset.vocabulary.items():
         patterns = "; ".join(f"`{p}` ×{n}" for p, n in sorted(info.patterns.items(), key=lambda kv: -kv[1])[:4])
         lines.append(f"| `{name}` | {info.count} | {'acts' if info.agent_acts else 'drops'} | {patterns} "

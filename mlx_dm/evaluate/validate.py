@@ -197,7 +197,7 @@ def _fmt(value) -> str:
 def markdown_report(report: ValidationReport) -> str:
     lines = [f"# Validation: {Path(report.gguf).name}", "",
              f"**{'PASSED' if report.passed else 'FAILED'}** on {report.cases} cases "
-             "(every DM reply of the validation split plus the built-in D&D suite), greedy decoding.", ""]
+             "(every DM reply of the validation split, the built-in D&D suite and the independent set), greedy decoding.", ""]
     lines += ["## Checks", "", "| check | result | value | threshold | detail |", "|---|---|---|---|---|"]
     for check in report.checks:
         lines.append(f"| {check.name} | {'pass' if check.passed else '**FAIL**'} | {_fmt(check.value)} | "
@@ -212,6 +212,15 @@ def markdown_report(report: ValidationReport) -> str:
         for metric in metrics:
             mark = " (heuristic)" if metric in HEURISTIC_METRICS else ""
             lines.append(f"| {metric}{mark} | " + " | ".join(_fmt(e.overall[metric]) for e in report.evaluations) + " |")
+        lines += ["", "### By source (tool-call F1 / calls where none belong / right arguments)", "",
+                  "The validation split shares no DM sentence with training; the independent set was written apart "
+                  "from the starter corpus; the suite checks one behaviour per case.", "",
+                  "| source | " + " | ".join(e.label for e in report.evaluations) + " |",
+                  "|---|" + "---|" * len(report.evaluations)]
+        for source in sorted({s.source for e in report.evaluations for s in e.scores}):
+            cells = [" / ".join(_fmt(e.by("source").get(source, {}).get(k))
+                                for k in ("tool_f1", "false_call_rate", "tool_argument_accuracy")) for e in report.evaluations]
+            lines.append(f"| {source} | " + " | ".join(cells) + " |")
         lines += ["", "### By category (tool-call F1 / format compliance / context recall)", "",
                   "| category | " + " | ".join(e.label for e in report.evaluations) + " |",
                   "|---|" + "---|" * len(report.evaluations)]

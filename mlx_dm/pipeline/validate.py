@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..dice import DICE_TOOLS
 from ..errors import ValidationFailed
-from ..evaluate.cases import suite_cases, validation_cases
+from ..evaluate.cases import independent_cases, suite_cases, validation_cases
 from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation, write_report
 from ..inference import MlxBackend
 from ..registry import PlacedModel, promote, prune_versions, update_version
@@ -34,7 +34,7 @@ def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_p
                   reporter: Reporter, previous: Path | None = None) -> tuple[ValidationReport, Path]:
     """Score and check `gguf`; the report (written to `out_dir`) and its path. Raises nothing: see `decide`."""
     config, dataset_dir = project.config, project.dataset_dir
-    cases = validation_cases(dataset_dir) + suite_cases()
+    cases = validation_cases(dataset_dir) + suite_cases() + independent_cases()
     vocabulary_file = dataset_dir / "vocabulary.json"
     vocabulary = set(json.loads(vocabulary_file.read_text())) if vocabulary_file.exists() else set()
     vocabulary |= set(DICE_TOOLS) | {t.lower() for t in config.data.agent_tools}
