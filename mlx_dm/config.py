@@ -88,7 +88,7 @@ class ValidateConfig:
     """`mlx-dm validate`: what is generated and the thresholds a model must meet to be used."""
 
     max_tokens: int = 96  # per generated DM reply
-    max_cases: int = 0  # 0: every DM reply of the validation split plus the built-in suite
+    max_cases: int = 0  # 0: every DM reply of the validation split, the built-in suite and the independent set
     n_ctx: int = 2048  # the context the app creates
     min_tool_f1: float = 0.6  # tool-call F1 (tool names) the tuned GGUF must reach
     min_format_compliance: float = 0.9  # share of calls the app's pattern reads
@@ -99,6 +99,7 @@ class ValidateConfig:
     app_memory_fraction: float = 0.5  # of the phone's RAM an app can count on (iOS/Android kill beyond)
     compare_base: bool = True  # also score the base model, side by side
     quality_thresholds: bool = True  # off for the tiny dev model, which cannot learn the DM in minutes
+    cases_dir: str = ""  # a folder of your scenario files kept out of training, scored as a source of its own
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
+from mlx_dm.errors import DataError
+
 from mlx_dm.config import ValidateConfig
 from mlx_dm.evaluate.cases import select_cases, suite_cases, validation_cases
 from mlx_dm.evaluate.compat import CompatReport, agent_tool_report, memory_from_logs
@@ -15,6 +19,8 @@ from mlx_dm.evaluate.score import (
     ExampleScore,
 )
 from mlx_dm.evaluate.validate import TUNED_GGUF, TUNED_MLX, BackendEval, ValidationReport, decide
+
+from .conftest import ROOT
 
 VOCAB = {"roll", "attack", "damage", "heal", "save", "inventory"}
 FACTS = Facts(party=["Tamsin", "Odo"], location="Collapsed watchtower on the High Road", world="Forgotten Realms")
@@ -165,3 +171,36 @@ def test_dev_profile_keeps_compatibility_checks_only():
     report = _report("Nothing.", REFERENCE, _compat(eos_token="<bos>"))
     decide(report, ValidateConfig(quality_thresholds=False))
     assert [c.name for c in report.failed] == ["end-of-sequence token"] and report.notes
+
+
+def test_a_users_own_cases_folder_is_scored_and_files_training_has_are_left_out(tmp_path):
+    from mlx_dm.evaluate.cases import user_cases
+
+    training = tmp_path / "ai-training"
+    own = tmp_path / "held-out"
+    for folder in (training, own):
+        folder.mkdir()
+    text = ("# SYSTEM\nRole: Dungeon Master\nWorld: W\nLocation: L\n\n# USER\nI listen at the door.\n\n"
+            "# DM\nMake a check. [roll: perception]\n\n# TOOLCALL\nperception: 14\n\n# DM\nVoices, two of them.\n")
+    (training / "door.md").write_text(text)
+    (own / "door-copy.md").write_text(text)  # the same bytes as a training file
+    (own / "cellar.md").write_text(text.replace("the door", "the cellar hatch"))
+    (own / "README.md").write_text("# Held-out scenarios\nNotes for the team.\n")
+    cases, left_out = user_cases(own, training)
+    assert left_out == [str(own / "door-copy.md")]
+    assert len(cases) == 2 and all(case.case.startswith("cases/held-out/cellar.md#") for case in cases)
+    assert {case.source for case in cases} == {"cases/held-out"}
+    with pytest.raises(DataError, match="no folder of cases"):
+        user_cases(tmp_path / "missing", training)
+
+
+REAL_APP = ROOT.parent / "shared" / "real-app" / "ai-training"
+
+
+@pytest.mark.skipif(not REAL_APP.is_dir(), reason="the game's real files (../shared/real-app) are not beside this checkout")
+def test_the_games_real_files_parse_as_cases_as_they_are_written():
+    from mlx_dm.evaluate.cases import user_cases
+
+    cases, left_out = user_cases(REAL_APP, ROOT / "ai-training")
+    assert not left_out and len(cases) >= 25  # 30 DM turns, less those that open a file with no turn before them
+    assert len({case.case.split("#")[0] for case in cases}) == 10

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.dataset import categorise, scenario_facts
-from ..data.parse import parse_text
+from ..data.discover import scan
 from ..data.render import message_examples, scenario_messages
 from ..errors import DataError
+from ..files import sha256_of
 from .score import Facts
 
 SUITE_DIR = Path(__file__).parent / "suite"
@@ -53,24 +54,26 @@ def validation_cases(dataset_dir: Path) -> list[EvalCase]:
     return cases
 
 
-def folder_cases(folder: Path, source: str, builtin: bool = False) -> list[EvalCase]:
-    """Every DM reply of the scenario files under `folder`, as cases of `source`. A file that does not
-    parse is an error naming it (in a built-in folder, a bug)."""
+def folder_cases(folder: Path, source: str, builtin: bool = False, leave_out: frozenset[str] = frozenset()) -> list[EvalCase]:
+    """Every DM reply of the scenario files under `folder` (found and read as the dataset's are, so a
+    README is no case), as cases of `source`, but for the relative paths in `leave_out`. A file that
+    does not parse is an error naming it (in a built-in folder, a bug)."""
+    result = scan(Path(folder))
+    if result.rejected:
+        problem = result.rejected[0].errors[0]
+        if builtin:
+            raise DataError(f"built-in evaluation case {problem.location()} does not parse: {problem.message}",
+                            "this is a bug in mlx-dm; please report it")
+        raise DataError(f"{Path(folder) / problem.location()} does not parse: {problem.message}",
+                        f"fix it ({problem.hint}) or move it out of {folder}")
     cases = []
-    for path in sorted(Path(folder).rglob("*.md")):
-        name = f"{source}/{path.relative_to(folder).as_posix()}"
-        parsed = parse_text(path.read_text(encoding="utf-8"), name)
-        if parsed.scenario is None:
-            if builtin:
-                raise DataError(f"built-in evaluation case {path} does not parse: {parsed.errors[0]}",
-                                "this is a bug in mlx-dm; please report it")
-            if parsed.skipped_reason:
-                continue
-            raise DataError(f"{path} does not parse: {parsed.errors[0] if parsed.errors else 'no scenario'}",
-                            "fix the file (`mlx-dm data validate --scenarios` on its folder lists every problem) or move it out")
+    for parsed in result.accepted:
+        if parsed.path in leave_out:
+            continue
         scenario = parsed.scenario
         categorise(scenario)
-        cases += _cases(scenario.path, scenario.category, source, scenario_messages(scenario), scenario_facts(scenario))
+        cases += _cases(f"{source}/{parsed.path}", scenario.category, source, scenario_messages(scenario),
+                        scenario_facts(scenario))
     return cases
 
 
@@ -81,6 +84,19 @@ def suite_cases(folder: Path = SUITE_DIR) -> list[EvalCase]:
 
 def independent_cases() -> list[EvalCase]:
     return folder_cases(INDEPENDENT_DIR, "independent", builtin=True)
+
+
+def user_cases(folder: Path, training_folder: Path) -> tuple[list[EvalCase], list[str]]:
+    """The cases of a folder the user keeps out of training (`validate --cases DIR`), and the files
+    left out because training has them too (inside the training folder, or the same bytes as a file there)."""
+    folder, training_folder = Path(folder).resolve(), Path(training_folder).resolve()
+    if not folder.is_dir():
+        raise DataError(f"no folder of cases at {folder}", "pass --cases with a folder of scenario .md files (validate.cases_dir)")
+    trained = {sha256_of(path) for path in training_folder.rglob("*.md")} if training_folder.is_dir() else set()
+    left_out = [path for path in sorted(folder.rglob("*.md"))
+                if path.resolve().is_relative_to(training_folder) or sha256_of(path) in trained]
+    relative = frozenset(path.relative_to(folder).as_posix() for path in left_out)
+    return folder_cases(folder, f"cases/{folder.name}", leave_out=relative), [str(path) for path in left_out]
 
 
 def select_cases(cases: list[EvalCase], limit: int) -> list[EvalCase]:

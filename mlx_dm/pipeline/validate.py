@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..dice import DICE_TOOLS
 from ..errors import ValidationFailed
-from ..evaluate.cases import independent_cases, suite_cases, validation_cases
+from ..evaluate.cases import independent_cases, suite_cases, user_cases, validation_cases
 from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation, write_report
 from ..inference import MlxBackend
 from ..registry import PlacedModel, promote, prune_versions, update_version
@@ -35,6 +35,12 @@ def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_p
     """Score and check `gguf`; the report (written to `out_dir`) and its path. Raises nothing: see `decide`."""
     config, dataset_dir = project.config, project.dataset_dir
     cases = validation_cases(dataset_dir) + suite_cases() + independent_cases()
+    left_out: list[str] = []
+    if config.validate.cases_dir:
+        own, left_out = user_cases(config.path(config.validate.cases_dir), project.scenarios_dir)
+        cases += own
+        for path in left_out:
+            reporter.note(f"{path} is in the training data too: left out of the cases")
     vocabulary_file = dataset_dir / "vocabulary.json"
     vocabulary = set(json.loads(vocabulary_file.read_text())) if vocabulary_file.exists() else set()
     vocabulary |= set(DICE_TOOLS) | {t.lower() for t in config.data.agent_tools}
@@ -49,6 +55,7 @@ def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_p
                                 lambda label, done, total: reporter.progress("validation", label, done, total))
     finally:
         reporter.finished("validation")
+    report.notes += [f"left out of the cases (training has it too): {path}" for path in left_out]
     path = write_report(report, out_dir)
     reporter.result("validation", (report, path))
     return report, path
