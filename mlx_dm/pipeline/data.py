@@ -22,7 +22,8 @@ def read_dataset(config: Config, scenarios: Path | None = None) -> Dataset:
     root = Path(scenarios) if scenarios else config.path(config.data.scenarios_dir)
     data = config.data
     return build_dataset(root, data.validation_fraction, data.seed, data.strict,
-                         data.target_mix if data.balance else None, data.agent_tools, data.max_file_bytes)
+                         data.target_mix if data.balance else None, data.agent_tools, data.max_file_bytes,
+                         augment_copies=data.augment_copies)
 
 
 def build(config: Config, scenarios: Path | None = None) -> BuiltDataset:
