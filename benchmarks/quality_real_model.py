@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--max-cases", type=int, default=0)
+    parser.add_argument("--no-base", action="store_true", help="do not score the base model (its tool-call F1 was 0.023)")
     parser.add_argument("--work", type=Path, default=ROOT / ".mlx-dm" / "quality-real-model")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "real-model")
     args = parser.parse_args()
@@ -71,7 +72,7 @@ def main() -> int:
     command = [sys.executable, "-m", "mlx_dm", "-C", str(project), "run", "--base", "gemma3-270m",
                "--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
                "--max-seq-length", str(args.max_seq_length), "--batch-size", "1"]
-    settings = ["[validate]", f"max_cases = {args.max_cases}"]
+    settings = ["[validate]", f"max_cases = {args.max_cases}", f"compare_base = {str(not args.no_base).lower()}"]
     if REAL_APP.is_dir():
         settings.append(f'cases_dir = "{REAL_APP}"')
     (project / "mlx-dm.toml").write_text("\n".join(settings) + "\n")

@@ -100,6 +100,7 @@ class ValidateConfig:
     app_memory_fraction: float = 0.5  # of the phone's RAM an app can count on (iOS/Android kill beyond)
     compare_base: bool = True  # also score the base model, side by side
     quality_thresholds: bool = True  # off for the tiny dev model, which cannot learn the DM in minutes
+    llama_node: bool = True  # also load the GGUF in llama.rn's engine (@fugood/llama.node) when node is here
     cases_dir: str = ""  # a folder of your scenario files kept out of training, scored as a source of its own
 
 

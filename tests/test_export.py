@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -333,3 +335,31 @@ def test_bench_refuses_a_baseline_that_is_not_a_bench_report_before_measuring(tm
         said = " ".join((result.stdout + result.stderr).split())
         assert result.returncode == 2 and f"is not a bench report ({reason}" in said and "bench-tiny.json" in said
         assert not (tmp_path / "runs").exists()  # nothing was measured
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("npm") is None, reason="node and npm are not installed")
+def test_the_export_in_llama_rns_engine_with_nodes_own_test_runner(exported, tmp_path):
+    """@fugood/llama.node (llama.rn's Node twin): loads with the app's options, renders several-turn
+    conversations with tool results as training did, generates with both stop lists (tests/js/)."""
+    from mlx_dm.evaluate.cases import suite_cases
+    from mlx_dm.evaluate.llama_node import ensure_installed, request_for
+
+    project, _ = exported
+    gguf = project / json.loads((project / "assets" / "models" / "cactus-config.json").read_text())["modelAsset"]
+    folder, why = ensure_installed()
+    assert folder is not None, why
+    conversations = [case.messages for case in suite_cases()[:3]]
+    rows = [json.loads(line)["messages"] for line in (project / ".mlx-dm" / "dataset" / "train.jsonl").read_text().splitlines()]
+    long = max(rows, key=lambda messages: sum(m["content"].startswith("Tool results:") for m in messages))
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(request_for(gguf, conversations + [long], folder, 2048)))
+    run = subprocess.run(["node", "--test", str(ROOT / "tests" / "js" / "llama_node.test.mjs")], capture_output=True,
+                         text=True, timeout=600, env={**os.environ, "MLX_DM_NODE_REQUEST": str(request)})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "# pass 4" in run.stdout and "decode " in run.stdout
+    # The run's own validation made the same check.
+    (validation,) = sorted((project / "runs").glob("*-train/validation/validation.json"))[-1:]
+    report = json.loads(validation.read_text())
+    assert report["llama_node"]["loaded"] and report["llama_node"]["renders_training_text"]
+    assert any(c["name"].startswith("loads and renders in llama.rn's engine") and c["passed"] for c in report["checks"])

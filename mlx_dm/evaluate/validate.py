@@ -18,6 +18,7 @@ from ..errors import ValidationFailed
 from ..files import atomic_write_json, atomic_write_text
 from .cases import EvalCase, select_cases
 from .compat import CompatReport, agent_tool_report, check_compat
+from .llama_node import NodeReport, check_in_llama_node
 from .score import HEURISTIC_METRICS, ExampleScore, aggregate, score_calls, score_context, score_interaction
 
 CATEGORY_ORDER = ("combat", "exploration", "roleplay")
@@ -86,6 +87,7 @@ class ValidationReport:
     agent_tools: dict  # "data" and "model" -> agent_tool_report
     checks: list[Check] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    node: NodeReport | None = None  # llama.rn's engine (llama_node.py), when asked for
 
     @property
     def passed(self) -> bool:
@@ -104,7 +106,7 @@ class ValidationReport:
                 "heuristic_metrics": list(HEURISTIC_METRICS),
                 "compat": self.compat.to_dict(),
                 "previous_compat": self.previous_compat.to_dict() if self.previous_compat else None,
-                "agent_tools": self.agent_tools,
+                "agent_tools": self.agent_tools, "llama_node": self.node.to_dict() if self.node else None,
                 "evaluations": [e.to_dict() for e in self.evaluations]}
 
 
@@ -121,6 +123,16 @@ def decide(report: ValidationReport, settings: ValidateConfig) -> None:
     checks.append(Check("<end_of_turn> ends a turn", compat.end_of_turn_is_eog, None, None))
     checks.append(Check("end-of-sequence token", compat.eos_token in ("<eos>", "<end_of_turn>"), None, None, compat.eos_token))
     checks.append(Check(f"context {settings.n_ctx}", compat.context_ok, compat.n_ctx, compat.trained_context))
+    node = report.node
+    if node is not None and node.ran:
+        checks.append(Check("loads and renders in llama.rn's engine (llama.node)", node.ok, None, None,
+                            node.error or node.mismatch))
+        app = node.generations.get("app", {})
+        if app.get("stopped_on_word") and not app.get("text"):
+            report.notes.append("with the stop list the game used (it holds empty strings) llama.rn's engine ends every "
+                                "reply at once, empty: pass the stop words of assets/models/cactus-config.json")
+    elif node is not None:
+        report.notes.append(f"llama.rn's engine (@fugood/llama.node) not checked: {node.skipped}")
     memory = compat.memory
     if memory:
         checks.append(Check(f"fits a {settings.phone_ram_gb:g} GB phone", memory["fits"], memory["total_bytes"] / 1e9,
@@ -182,6 +194,8 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
     agent = {"data": agent_tool_report(training_texts, agent_tools),
              "model": agent_tool_report([s.output for s in tuned.scores] if tuned else [], agent_tools)}
     report = ValidationReport(str(gguf), len(cases), evaluations, compat, previous_compat, agent)
+    if settings.llama_node and compat.loads:
+        report.node = check_in_llama_node(gguf, conversations[:4], settings.n_ctx)
     decide(report, settings)
     return report
 
@@ -248,6 +262,7 @@ def markdown_report(report: ValidationReport) -> str:
                      f"({memory['phone_ram_gb']:g} GB phone)")
     lines.append(f"- speed here: prompt {compat.prompt_tokens_per_second:.0f} tok/s, decode "
                  f"{compat.decode_tokens_per_second:.1f} tok/s")
+    lines += _node_lines(report.node)
     if report.previous_compat:
         prev = report.previous_compat
         lines.append(f"- the current model {Path(prev.gguf).name}: prompt {prev.prompt_tokens_per_second:.0f} tok/s, "
@@ -268,6 +283,22 @@ def markdown_report(report: ValidationReport) -> str:
             lines += [f"**{score.case}** ({score.category})", "", f"- reference: {score.reference[:300]}",
                       f"- model: {score.output[:300] or '(empty)'}", ""]
     return "\n".join(lines) + "\n"
+
+
+def _node_lines(node: NodeReport | None) -> list[str]:
+    if node is None:
+        return []
+    if not node.ran:
+        return [f"- llama.rn's engine (@fugood/llama.node): not checked ({node.skipped})"]
+    lines = [f"- llama.rn's engine (@fugood/llama.node, the app's load options): loads {node.loaded}, renders the "
+             f"training text {node.renders_training_text} {node.error or node.mismatch}"]
+    for name, run in node.generations.items():
+        calls = ", ".join(f"[{c['name']}: {c['arguments']}]" for c in run["calls"]) or "none"
+        ended = ("end of sequence" if run["stopped_eos"] else f"stop word {run['stopped_word']!r}" if run["stopped_on_word"]
+                 else "ran to the token limit")
+        speed = f", {run['tokens_per_second']:.0f} tokens/s" if run.get("tokens_per_second") else ""
+        lines.append(f"  - {name} stop words `{json.dumps(run['stop'])}`: {ended}; calls the app parses: {calls}{speed}")
+    return lines
 
 
 def plot_scores(report: ValidationReport, path: Path) -> None:

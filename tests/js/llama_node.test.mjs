@@ -1,0 +1,48 @@
+// The exported GGUF in llama.rn's engine (@fugood/llama.node), with node's own test runner.
+// tests/test_export.py writes the request (the GGUF, the app's load options, conversations with the
+// text training rendered them as) and runs: MLX_DM_NODE_REQUEST=request.json node --test tests/js/
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+
+import { check } from '../../mlx_dm/evaluate/llama_node.mjs';
+
+const request = JSON.parse(readFileSync(process.env.MLX_DM_NODE_REQUEST, 'utf8'));
+const result = await check(request);
+
+test('loads with the options the app passed', () => {
+  assert.equal(result.error, undefined);
+  assert.ok(result.loaded);
+  assert.deepEqual(Object.keys(request.load).sort(), ['n_batch', 'n_ctx', 'n_gpu_layers', 'n_threads']);
+});
+
+test("the GGUF's own template, in llama.cpp's Jinja, renders every conversation as training did", () => {
+  assert.equal(result.renders.length, request.conversations.length);
+  assert.ok(request.conversations.some((c) => c.messages.length >= 3), 'a conversation of several turns');
+  assert.ok(request.conversations.some((c) => c.messages.some((m) => m.content.startsWith('Tool results:'))));
+  for (const render of result.renders) assert.ok(render.equal, `differs at ${render.at}: ${render.got} vs ${render.expected}`);
+});
+
+test('generates with the app\'s stop list and with the recommended one', () => {
+  const { app, recommended } = result.generations;
+  assert.deepEqual(app.stop, ['<|end_of_text|>', '<|endoftext|>', '', '']);
+  assert.ok(recommended.stop.includes('<end_of_turn>'));
+  // The app's list holds empty strings, and in llama.cpp an empty stop word matches at once: the
+  // reply is empty. Validation says so; the integration files give the stop words to use.
+  assert.equal(app.text, '');
+  assert.ok(app.stopped_on_word && app.stopped_word === '');
+  assert.equal(typeof recommended.text, 'string');
+  assert.ok(recommended.stopped_eos || recommended.stopped_on_word || recommended.stopped_limit);
+  assert.ok(!recommended.text.includes('<end_of_turn>'));
+  assert.ok(recommended.tokens_per_second > 0);
+  console.log(`decode ${recommended.tokens_per_second.toFixed(1)} tokens/s with stop ${JSON.stringify(recommended.stop)}`);
+});
+
+test("calls are read with the app's pattern", () => {
+  const pattern = new RegExp(request.call_pattern, 'g');
+  const found = [...'Roll! [roll: perception] then [Heal: Brakka, 1d8+3]'.matchAll(pattern)].map((m) => m[1].toLowerCase());
+  assert.deepEqual(found, ['roll', 'heal']);
+  for (const run of Object.values(result.generations)) {
+    assert.deepEqual(run.calls, [...run.text.matchAll(pattern)].map((m) => ({ name: m[1].toLowerCase(), arguments: m[2].trim() })));
+  }
+});
