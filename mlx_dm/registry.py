@@ -15,7 +15,8 @@ import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from .app_config import write_cactus_config
+from .app_config import write_app_config
+from .config import load_config
 from .errors import ModelError
 from .files import atomic_path, atomic_write_json, sha256_of, write_dir_atomically
 
@@ -177,7 +178,7 @@ def promote(project_dir: Path, version: str) -> PlacedModel:
     for item in manifest["versions"]:
         if item["version"] == placed.version:
             item["status"] = "promoted"
-    write_cactus_config(models_dir, placed)
+    write_app_config(models_dir, placed, load_config(project_dir).data.agent_tools)
     atomic_write_json(models_dir / "manifest.json", manifest)
     if previous and previous["version"] != placed.version:
         kept = models_dir / VERSIONS / f"{previous['name']}-{previous['version']}"

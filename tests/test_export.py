@@ -49,7 +49,17 @@ def test_run_dev_places_a_checked_gguf_with_cactus_config(exported):
     assert (project / config["modelAsset"]).exists()
     snippet = (models / "cactus-config.ts").read_text()
     assert "require('../assets/models/dm-tiny-gemma3n-v1-Q4_K_M.gguf')" in snippet and "mmprojPath" not in snippet.split("no mmprojPath")[1]
-    assert "export const modelPath" in result.stdout
+    assert "export const modelPath" in result.stdout and "initLlama({ model: modelPath" in result.stdout
+    # One output per runtime, each naming files that exist.
+    llama_rn = (models / "llama-rn.ts").read_text()
+    assert "import { initLlama } from 'llama.rn';" in llama_rn and "jinja: true" in llama_rn
+    for asset in re.findall(r"require\('\.\./(assets/models/[^']+)'\)", llama_rn + snippet):
+        assert (project / asset).is_file(), asset
+    screen = json.loads((models / "integration.json").read_text())
+    assert (project / screen["model"]["asset"]).is_file() and screen["model"]["sha256"] == manifest["sha256"]
+    assert screen["tools"]["supported"] == ["roll", "update", "damage", "heal", "status", "inventory", "skill_check"]
+    assert screen["system_prompt"].startswith("Role: Dungeon Master\nWorld: {world}")
+    assert all((project / path).is_file() for path in screen["runtimes"].values())
     meta = gguf_metadata(ggufs[0])
     assert meta["general.architecture"] == "gemma3n"
     assert "Q4_K" in meta["_tensor_types"]

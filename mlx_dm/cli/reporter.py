@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import supervise
-from ..app_config import cactus_snippet
+from ..app_config import llama_rn_snippet
 from ..pipeline.reporter import Reporter
 from .common import console, say
 
@@ -143,8 +143,9 @@ def show_promotion(promoted) -> None:
     pruned = f"; pruned {', '.join(promoted.pruned)}" if promoted.pruned else ""
     say(f"[green]model[/green] {placed.gguf_path} ({placed.size_bytes / 1e6:.1f} MB, {placed.quant}, "
         f"{placed.version}) is now the app's model{pruned}")
-    say("[bold]cactus.ts[/bold] (also in assets/models/cactus-config.ts and cactus-config.json):")
-    say(escape(cactus_snippet(placed)))  # exact lines, never wrapped
+    say("[bold]llama.rn[/bold] (assets/models/llama-rn.ts; for cactus-react-native 0.2: cactus-config.ts, "
+        "cactus-config.json; for the game's model screen: integration.json):")
+    say(escape(llama_rn_snippet(placed)))  # exact lines, never wrapped
 
 
 RESULTS = {"dataset": show_dataset, "plan": show_plan, "training": show_training, "export": show_export,
