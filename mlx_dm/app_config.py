@@ -62,7 +62,7 @@ def llama_rn_snippet(placed) -> str:
         "// The app copies the bundled asset to the document directory, then loads it from there.",
         f"export const modelAsset = require('../assets/models/{placed.file_name}');",
         "export const modelPath = `${FileSystem.documentDirectory}${modelFile}`;",
-        "// Gemma ends its turns with <end_of_turn>. An empty string in `stop` ends every reply at once.",
+        "// Gemma ends its turns with <end_of_turn>.",
         f"export const stopWords = {json.dumps(STOP_WORDS)};",
         "",
         "export async function loadDungeonMaster() {",

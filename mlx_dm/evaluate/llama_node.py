@@ -27,9 +27,10 @@ PACKAGE = "@fugood/llama.node"
 VERSION = "1.7.15"
 SCRIPT = Path(__file__).with_name("llama_node.mjs")
 # What the game's last GGUF-loading code passed (cactus-react-native 0.2.1), and its stop list,
-# which lacks <end_of_turn> (../shared/notes/cactus-app.md); "recommended" is the integration's.
+# which lacks <end_of_turn> (llama.cpp still ends at an end-of-generation token); "recommended" is
+# the integration's.
 APP_LOAD = {"n_ctx": 2048, "n_batch": 32, "n_gpu_layers": 99, "n_threads": 4}
-APP_STOPS = ["<|end_of_text|>", "<|endoftext|>", "", ""]
+APP_STOPS = ["<|end_of_text|>", "<|endoftext|>", "</s>", "<end_of_utterance>"]
 
 
 @dataclass

@@ -127,10 +127,6 @@ def decide(report: ValidationReport, settings: ValidateConfig) -> None:
     if node is not None and node.ran:
         checks.append(Check("loads and renders in llama.rn's engine (llama.node)", node.ok, None, None,
                             node.error or node.mismatch))
-        app = node.generations.get("app", {})
-        if app.get("stopped_on_word") and not app.get("text"):
-            report.notes.append("with the stop list the game used (it holds empty strings) llama.rn's engine ends every "
-                                "reply at once, empty: pass the stop words of assets/models/cactus-config.json")
     elif node is not None:
         report.notes.append(f"llama.rn's engine (@fugood/llama.node) not checked: {node.skipped}")
     memory = compat.memory
