@@ -42,6 +42,7 @@ class DataConfig:
     )  # category shares balancing aims at in the training split
     max_file_bytes: int = 1_000_000  # larger files are rejected as not a single scenario
     agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT_TOOLS))  # tool names the app's agent acts on
+    agent_profiles: dict[str, dict] = field(default_factory=dict)  # parsers of your own beside the built-in three (data/profiles.py)
     augment_copies: int = 1  # copies of each training scenario with its party renamed throughout (data/augment.py); 0: none
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlx_dm.errors import DataError
+from mlx_dm.errors import ConfigError, DataError
 
 from mlx_dm.config import ValidateConfig
 from mlx_dm.evaluate.cases import select_cases, suite_cases, validation_cases
@@ -204,3 +204,24 @@ def test_the_games_real_files_parse_as_cases_as_they_are_written():
     cases, left_out = user_cases(REAL_APP, ROOT / "ai-training")
     assert not left_out and len(cases) >= 25  # 30 DM turns, less those that open a file with no turn before them
     assert len({case.case.split("#")[0] for case in cases}) == 10
+
+
+def test_agent_profiles_say_which_calls_each_parser_acts_on_drops_or_rejects(tmp_path):
+    from mlx_dm.config import load_config
+    from mlx_dm.data.profiles import agent_profiles, profile_report
+
+    (tmp_path / "mlx-dm.toml").write_text('[data.agent_profiles.dice-only]\ntools = ["roll"]\ndice_first = ["roll"]\n')
+    config = load_config(tmp_path)
+    profiles = agent_profiles(config.data.agent_tools, config.data.agent_profiles)
+    assert list(profiles) == ["cactus-agent", "model-screen", "command-parser", "dice-only"]
+    replies = ["Make a check. [roll: perception]", "Roll to hit. [roll: 1d20+5]", "[Heal: Brakka, 1d8+3]", "[spellcast: Fireball]"]
+    report = profile_report(replies, profiles)
+    assert {k: report["cactus-agent"][k] for k in ("acts", "drops", "rejects")} == {"acts": 3, "drops": 1, "rejects": 0}
+    assert report["model-screen"]["drops"] == 2  # "Heal" is not "heal" to a case-sensitive parser
+    assert report["command-parser"]["rejects"] == 1 and report["command-parser"]["examples"]["rejects"] == ["[roll: perception]"]
+    assert report["dice-only"] == {"acts": 1, "drops": 2, "rejects": 1,
+                                   "examples": {"drops": ["[Heal: Brakka, 1d8+3]", "[spellcast: Fireball]"],
+                                                "rejects": ["[roll: perception]"]}}
+    (tmp_path / "mlx-dm.toml").write_text('[data.agent_profiles.bad]\ntool = ["roll"]\n')
+    with pytest.raises(ConfigError, match="agent profile 'bad'"):
+        agent_profiles([], load_config(tmp_path).data.agent_profiles)

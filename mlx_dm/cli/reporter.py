@@ -69,6 +69,10 @@ def show_dataset(built) -> None:
     s = built.dataset.summary
     say(f"{s.accepted} scenarios ({s.train} train, {s.valid} validation), {len(s.rejected)} rejected, "
         f"{s.warnings} warnings; report {built.path / 'report.md'}")
+    for name, counts in built.profiles.items():
+        refused = counts["examples"]["rejects"][:2] + counts["examples"]["drops"][:2]
+        say(f"agent profile {name}: acts on {counts['acts']} calls, drops {counts['drops']}, rejects {counts['rejects']}"
+            + (f" (e.g. {', '.join(escape(c) for c in refused)})" if refused else ""))
     if s.split_overlap.get("warning"):
         say(f"[yellow]warning[/yellow] {escape(s.split_overlap['warning'])}")
 

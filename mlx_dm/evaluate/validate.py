@@ -17,6 +17,7 @@ from ..config import ValidateConfig
 from ..errors import ValidationFailed
 from ..files import atomic_write_json, atomic_write_text
 from .cases import EvalCase, select_cases
+from ..data.profiles import AgentProfile, builtin_profiles, profile_report
 from .compat import CompatReport, agent_tool_report, check_compat
 from .llama_node import NodeReport, check_in_llama_node
 from .score import HEURISTIC_METRICS, ExampleScore, aggregate, score_calls, score_context, score_interaction
@@ -163,7 +164,8 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
                    training_texts: list[str], settings: ValidateConfig,
                    mlx_backends: list[tuple[str, Callable[[], Backend]]] = (),
                    previous_gguf: Path | None = None,
-                   progress: Callable[[str, int, int], None] | None = None) -> ValidationReport:
+                   progress: Callable[[str, int, int], None] | None = None,
+                   profiles: dict[str, AgentProfile] | None = None) -> ValidationReport:
     """Evaluate the GGUF (and the MLX models and the current GGUF, for comparison) and check compatibility."""
     from ..inference import GgufBackend
 
@@ -189,6 +191,9 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
     tuned = next((e for e in evaluations if e.label == TUNED_GGUF), None)
     agent = {"data": agent_tool_report(training_texts, agent_tools),
              "model": agent_tool_report([s.output for s in tuned.scores] if tuned else [], agent_tools)}
+    profiles = profiles or builtin_profiles(agent_tools)
+    agent["profiles"] = {"data": profile_report(training_texts, profiles),
+                         "model": profile_report([s.output for s in tuned.scores] if tuned else [], profiles)}
     report = ValidationReport(str(gguf), len(cases), evaluations, compat, previous_compat, agent)
     if settings.llama_node and compat.loads:
         report.node = check_in_llama_node(gguf, conversations[:4], settings.n_ctx)
@@ -264,9 +269,12 @@ def markdown_report(report: ValidationReport) -> str:
         lines.append(f"- the current model {Path(prev.gguf).name}: prompt {prev.prompt_tokens_per_second:.0f} tok/s, "
                      f"decode {prev.decode_tokens_per_second:.1f} tok/s")
     lines += ["", "## Tool calls the app's agent reads", "",
-              "Pattern `/\\[(\\w+):([^\\]]+)\\]/g`; names outside the agent's accepted list are dropped silently.", "",
-              "| source | tool | count | agent |", "|---|---|---|---|"]
+              "Pattern `/\\[(\\w+):([^\\]]+)\\]/g`; names outside the agent's accepted list are dropped silently."]
+    lines += _profile_lines(report.agent_tools.get("profiles", {}))
+    lines += ["", "| source | tool | count | agent |", "|---|---|---|---|"]
     for source, agent in report.agent_tools.items():
+        if source == "profiles":
+            continue
         for name, entry in agent["tools"].items():
             lines.append(f"| {source} | `{name}` | {entry['count']} | {entry['agent']} |")
         if agent["unparseable"]:
@@ -279,6 +287,20 @@ def markdown_report(report: ValidationReport) -> str:
             lines += [f"**{score.case}** ({score.category})", "", f"- reference: {score.reference[:300]}",
                       f"- model: {score.output[:300] or '(empty)'}", ""]
     return "\n".join(lines) + "\n"
+
+
+def _profile_lines(profiles: dict) -> list[str]:
+    if not profiles:
+        return []
+    lines = ["", "Each agent profile (data/profiles.py, `data.agent_profiles`) on the training data and on the model's replies:", "",
+             "| profile | data: acts / drops / rejects | model: acts / drops / rejects | rejected or dropped, e.g. |",
+             "|---|---|---|---|"]
+    for name in profiles.get("data", {}):
+        data, model = profiles["data"][name], profiles.get("model", {}).get(name, {})
+        seen = model.get("examples", {}).get("rejects", []) + data["examples"]["rejects"] + data["examples"]["drops"]
+        cell = lambda r: f"{r.get('acts', 0)} / {r.get('drops', 0)} / {r.get('rejects', 0)}"  # noqa: E731
+        lines.append(f"| {name} | {cell(data)} | {cell(model)} | {', '.join(f'`{c}`' for c in seen[:4])} |")
+    return lines
 
 
 def _node_lines(node: NodeReport | None) -> list[str]:

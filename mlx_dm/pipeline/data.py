@@ -8,7 +8,10 @@ from pathlib import Path
 
 from ..config import Config
 from ..data.dataset import Dataset, build_dataset, write_dataset
+from ..data.profiles import agent_profiles, profile_report
+from ..data.scenario import DM
 from ..data.vocabulary import extend_vocabulary, write_tools_doc
+from ..files import atomic_write_json
 
 
 @dataclass
@@ -16,6 +19,7 @@ class BuiltDataset:
     dataset: Dataset
     path: Path
     new_tools: list[dict] = field(default_factory=list)  # tools not seen in earlier builds, with where they first appear
+    profiles: dict[str, dict] = field(default_factory=dict)  # per agent profile: the data's calls it acts on, drops, rejects
 
 
 def read_dataset(config: Config, scenarios: Path | None = None) -> Dataset:
@@ -34,4 +38,7 @@ def build(config: Config, scenarios: Path | None = None) -> BuiltDataset:
         new, vocabulary = extend_vocabulary(Path(config.project_dir), dataset.vocabulary, config.data.agent_tools)
         built.new_tools = [{"name": name, **vocabulary[name]} for name in new]
         write_tools_doc(Path(config.project_dir), vocabulary, config.data.agent_tools)
+    replies = [turn.text for scenario in dataset.train + dataset.valid for turn in scenario.turns if turn.kind == DM]
+    built.profiles = profile_report(replies, agent_profiles(config.data.agent_tools, config.data.agent_profiles))
+    atomic_write_json(built.path / "profiles.json", built.profiles)
     return built

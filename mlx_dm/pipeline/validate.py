@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..dice import DICE_TOOLS
 from ..errors import ValidationFailed
+from ..data.profiles import agent_profiles
 from ..evaluate.cases import independent_cases, suite_cases, user_cases, validation_cases
 from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation, write_report
 from ..inference import MlxBackend
@@ -52,7 +53,8 @@ def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_p
     try:
         report = run_validation(gguf, cases, vocabulary, list(config.data.agent_tools), _training_texts(dataset_dir),
                                 config.validate, backends, previous,
-                                lambda label, done, total: reporter.progress("validation", label, done, total))
+                                lambda label, done, total: reporter.progress("validation", label, done, total),
+                                agent_profiles(config.data.agent_tools, config.data.agent_profiles))
     finally:
         reporter.finished("validation")
     report.notes += [f"left out of the cases (training has it too): {path}" for path in left_out]
