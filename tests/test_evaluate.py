@@ -225,3 +225,13 @@ def test_agent_profiles_say_which_calls_each_parser_acts_on_drops_or_rejects(tmp
     (tmp_path / "mlx-dm.toml").write_text('[data.agent_profiles.bad]\ntool = ["roll"]\n')
     with pytest.raises(ConfigError, match="agent profile 'bad'"):
         agent_profiles([], load_config(tmp_path).data.agent_profiles)
+
+
+def test_the_memory_check_reports_each_phone_tier_it_fits():
+    from mlx_dm.evaluate.compat import PHONE_TIERS, MemoryEstimate
+
+    # E2B's budget-mix export at n_ctx 2048, in round figures: 1.99 GB file, 0.1 GB KV cache, 0.3 GB buffers.
+    e2b = MemoryEstimate(1_990_000_000, 100_000_000, 300_000_000, 2048, 3_000_000_000, 6.0)
+    tiers = {t["ram_gb"]: t["fits"] for t in e2b.to_dict()["tiers"]}
+    assert tiers == {4.0: False, 6.0: True, 8.0: True, 12.0: True}
+    assert len(e2b.tiers()) == len(PHONE_TIERS) and e2b.fits

@@ -18,6 +18,16 @@ from ..llama.runtime import captured_llama_logs, open_gguf
 
 _MIB = re.compile(r"([\d.]+)\s*MiB")
 
+# Phone tiers the memory check reports on: RAM, and the share of it an app in the foreground can
+# count on before the OS kills it (iOS's per-app limit and Android's low-memory killer leave about
+# half on 6-8 GB phones, less on 4 GB ones; these shares are estimates, not measurements).
+PHONE_TIERS = (
+    ("4 GB (older iPhones, budget Android)", 4.0, 0.40),
+    ("6 GB (iPhone 13-15, mid-range Android)", 6.0, 0.50),
+    ("8 GB (iPhone 15 Pro and later, most flagships)", 8.0, 0.55),
+    ("12 GB (large Android flagships)", 12.0, 0.60),
+)
+
 
 @dataclass
 class MemoryEstimate:
@@ -36,8 +46,13 @@ class MemoryEstimate:
     def fits(self) -> bool:
         return self.total_bytes <= self.budget_bytes
 
+    def tiers(self) -> list[dict]:
+        """Which phone tiers this fits (PHONE_TIERS), for the report beside the configured phone."""
+        return [{"tier": name, "ram_gb": ram, "app_share": share, "budget_bytes": int(ram * share * 1e9),
+                 "fits": self.total_bytes <= ram * share * 1e9} for name, ram, share in PHONE_TIERS]
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "total_bytes": self.total_bytes, "fits": self.fits}
+        return {**asdict(self), "total_bytes": self.total_bytes, "fits": self.fits, "tiers": self.tiers()}
 
 
 def memory_from_logs(lines: list[str]) -> tuple[int, int]:

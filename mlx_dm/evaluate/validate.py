@@ -261,6 +261,8 @@ def markdown_report(report: ValidationReport) -> str:
                      f"{memory['kv_cache_bytes'] / 1e6:.1f} MB + runtime buffers {memory['compute_buffer_bytes'] / 1e6:.1f} MB "
                      f"= {memory['total_bytes'] / 1e6:.1f} MB; budget {memory['budget_bytes'] / 1e6:.0f} MB "
                      f"({memory['phone_ram_gb']:g} GB phone)")
+        fitting = [t["tier"] for t in memory.get("tiers", []) if t["fits"]]
+        lines.append(f"- phone tiers it fits (estimated share of RAM an app may use): {'; '.join(fitting) or 'none'}")
     lines.append(f"- speed here: prompt {compat.prompt_tokens_per_second:.0f} tok/s, decode "
                  f"{compat.decode_tokens_per_second:.1f} tok/s")
     lines += _node_lines(report.node)
