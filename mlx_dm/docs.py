@@ -106,7 +106,7 @@ Paths are relative to the project root (`--project`, default the current folder)
 | train | the dataset | `runs/<time>-train/`: `config.json`, `run.log`, `metrics.jsonl`, `checkpoints/step-N/`, `best/`, `adapters/` (the result), `loss.png` |
 | export | the run's `adapters/` and the base | `runs/<time>-train/export/`: `fused/`, `*-f16.gguf`, `*-<QUANT>.gguf`, `export-report.md/json`; then `assets/models/versions/<name>-v<N>/` (GGUF, `adapters/`, `data-files.json`) |
 | validate | the staged GGUF, the adapter, the app's current GGUF | `runs/<time>-train/validation/`: `validation.md`, `validation.json`, `scores.png` |
-| promote | a validated version | `assets/models/<name>-v<N>-<QUANT>.gguf`, `manifest.json`, `cactus-config.ts`, `cactus-config.json` (each replaced atomically) |
+| promote | a validated version | `assets/models/<name>-v<N>-<QUANT>.gguf`, `manifest.json`, `llama-rn.ts`, `integration.json`, `cactus-config.ts`, `cactus-config.json` (each replaced atomically) |
 | bench | the dataset and the current model | `runs/<time>-bench/`: `bench.json`, `bench.md`, `bench.png` |
 
 Exit codes: 0 success, 1 unexpected error, 2 configuration or usage, 3 data, 4 model, 5 training,
