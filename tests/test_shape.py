@@ -88,3 +88,15 @@ def test_the_import_check_sees_function_level_imports(tmp_path):
     module = PACKAGE / "registry.py"
     assert "mlx_dm.app_config" in _imports(module, {_module_name(p) for p in PACKAGE.rglob("*.py")})
     assert "mlx_dm.model.gguf_import" in _imports(PACKAGE / "model" / "hub.py", {_module_name(p) for p in PACKAGE.rglob("*.py")})
+
+
+def test_every_file_the_package_reads_is_installed_with_it():
+    """A non-editable install (a game's .venv, from the npm package) carries only package-data."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mlx_dm"]
+    data = [p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    missing = [path for path in data if not any(fnmatch.fnmatch(path, glob) for glob in globs)]
+    assert not missing, f"add them to [tool.setuptools.package-data] in pyproject.toml: {missing}"
