@@ -83,26 +83,28 @@ def validation_target(scenarios: list[Scenario], validation_fraction: float) -> 
     return sum(_validation_quotas(_by_category(scenarios), validation_fraction).values()) if len(scenarios) > 1 else 0
 
 
-def split(scenarios: list[Scenario], validation_fraction: float, seed: int) -> tuple[list[Scenario], list[Scenario]]:
+def split(scenarios: list[Scenario], validation_fraction: float, seed: int,
+          groups: list[list[Scenario]] | None = None) -> tuple[list[Scenario], list[Scenario]]:
     """Seeded split by groups of scenarios that share no DM text (overlap.py), stratified by category,
     stable when files are added.
 
     Whole groups go to validation while they fit the category's quota, then any group that fits the
     rest. Only when every group is too large (one corpus of recombined blocks) are files split one by
     one, and the dataset report says how much validation text training saw. Any corpus of two or
-    more scenarios keeps at least one for validation and one for training.
+    more scenarios keeps at least one for validation and one for training. `groups`: text_groups(scenarios),
+    when the caller has them already.
     """
     if len(scenarios) < 2:
         return list(scenarios), []
     by_category = _by_category(scenarios)
     counts = _validation_quotas(by_category, validation_fraction)
-    groups = sorted(text_groups(scenarios), key=lambda g: _stable_key(seed, g[0].path))
+    groups = sorted(groups if groups is not None else text_groups(scenarios), key=lambda g: _stable_key(seed, g[0].path))
     left = {c: len(items) for c, items in by_category.items()}  # training must keep one of each category
-    chosen: list[list[Scenario]] = []
+    chosen: list[int] = []  # indices into groups
 
-    def take(group: list[Scenario]) -> None:
-        chosen.append(group)
-        for scenario in group:
+    def take(index: int) -> None:
+        chosen.append(index)
+        for scenario in groups[index]:
             counts[scenario.category] -= 1
             left[scenario.category] -= 1
 
@@ -115,10 +117,10 @@ def split(scenarios: list[Scenario], validation_fraction: float, seed: int) -> t
         return len(group) <= sum(max(0, n) for n in counts.values())
 
     for per_category in (True, False):
-        for group in groups:
-            if not any(group is c for c in chosen) and fits(group, per_category):
-                take(group)
-    valid = [s for group in chosen for s in group]
+        for index, group in enumerate(groups):
+            if index not in chosen and fits(group, per_category):
+                take(index)
+    valid = [s for index in chosen for s in groups[index]]
     if not valid:  # every group too large: split file by file, and let the report say what is shared
         counts = _validation_quotas(by_category, validation_fraction)
         for category in sorted(by_category):
@@ -264,8 +266,9 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
             f"{len(result.skipped)} not scenarios, {len(result.rejected)} with errors)",
             "add scenario files in the format of docs/scenario-format.md; `mlx-dm data validate` lists every problem",
         )
-    train, valid = split(scenarios, validation_fraction, seed)
-    overlap = split_overlap(text_groups(scenarios), train, valid, validation_target(scenarios, validation_fraction))
+    groups = text_groups(scenarios)
+    train, valid = split(scenarios, validation_fraction, seed, groups)
+    overlap = split_overlap(groups, train, valid, validation_target(scenarios, validation_fraction))
     balanced = balance(train, balance_mix, seed) if balance_mix else list(train)
     augmented = augmented_copies(train, Path(root), augment_copies, seed)
     vocab = tool_vocabulary(scenarios, list(agent_tools or DEFAULT_AGENT_TOOLS))

@@ -91,18 +91,17 @@ class SplitOverlap:
 
 
 def split_overlap(groups: list[list[Scenario]], train: list[Scenario], valid: list[Scenario], wanted: int) -> SplitOverlap:
-    train_sentences: dict[str, str] = {}
-    for scenario in train:
-        for sentence in dm_sentences(scenario):
-            train_sentences.setdefault(sentence, scenario.path)
-    valid_sentences = [sentence for scenario in valid for sentence in dm_sentences(scenario)]
-    shared = sum(sentence in train_sentences for sentence in valid_sentences)
+    """What the split kept apart; `groups` (text_groups of every scenario) are read once for their sentences."""
+    sentences = {s.path: dm_sentences(s) for group in groups for s in group}
+    in_train = set().union(*(sentences[s.path] for s in train))
+    valid_sentences = [sentence for s in valid for sentence in sentences[s.path]]
+    shared = sum(sentence in in_train for sentence in valid_sentences)
     example = None
     for group in groups:
         if len(group) > 1:
-            common = sorted(dm_sentences(group[0]) & set().union(*(dm_sentences(s) for s in group[1:])))
+            common = sorted(sentences[group[0].path] & set().union(*(sentences[s.path] for s in group[1:])))
             if common:
-                other = next(s.path for s in group[1:] if common[0] in dm_sentences(s))
+                other = next(s.path for s in group[1:] if common[0] in sentences[s.path])
                 example = (group[0].path, other, common[0])
                 break
     missing = tuple(sorted({s.category for s in train} - {s.category for s in valid})) if valid else ()
