@@ -95,6 +95,13 @@ class CompatReport:
         return {**asdict(self), "ok": self.ok}
 
 
+def prompt_as_trained(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """The conversation before the reply (a final assistant message dropped) and the text training
+    rendered it as, ending in the generation prompt: what a runtime's template must reproduce."""
+    history = messages[:-1] if messages[-1]["role"] == "assistant" else messages
+    return history, render_messages(history, add_generation_prompt=True).text
+
+
 def render_with_gguf_template(template: str, messages: list[dict[str, str]], bos: str, eos: str) -> str:
     """The prompt llama.cpp's Jinja chat formatting (what Cactus applies) makes of the messages."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -124,8 +131,7 @@ def check_compat(gguf: Path, conversations: list[list[dict[str, str]]], n_ctx: i
     template = meta.get("tokenizer.chat_template", "")
     report.template_renders_training_text = bool(template)
     for messages in conversations:
-        history = messages[:-1] if messages[-1]["role"] == "assistant" else messages
-        expected = render_messages(history, add_generation_prompt=True).text
+        history, expected = prompt_as_trained(messages)
         try:
             got = render_with_gguf_template(template, history, bos, report.eos_token) if template else ""
         except Exception as exc:  # noqa: BLE001 - a template error is a finding, not a crash

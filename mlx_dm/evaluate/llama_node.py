@@ -20,9 +20,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..data.render import STOP_WORDS, render_messages
+from ..data.render import STOP_WORDS
 from ..data.toolcalls import APP_CALL_PATTERN
 from ..llama.source import cache_dir
+from .compat import prompt_as_trained
 
 PACKAGE = "@fugood/llama.node"
 VERSION = "1.7.15"
@@ -93,8 +94,7 @@ def request_for(gguf: Path, conversations: list[list[dict[str, str]]], folder: P
     which llama.cpp adds when it tokenises)."""
     rendered = []
     for messages in conversations:
-        history = messages[:-1] if messages[-1]["role"] == "assistant" else messages
-        expected = render_messages(history, add_generation_prompt=True).text
+        history, expected = prompt_as_trained(messages)
         rendered.append({"messages": history, "expected": expected.removeprefix("<bos>")})
     return {"module_dir": str(folder), "model": str(Path(gguf).resolve()), "load": {**APP_LOAD, "n_ctx": n_ctx},
             "conversations": rendered, "stops": {"app": APP_STOPS, "recommended": list(STOP_WORDS)},
