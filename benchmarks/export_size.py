@@ -11,6 +11,7 @@ measured in the same run.
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import argparse
 import json
 import re
@@ -49,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     work = ROOT / ".mlx-dm" / "e2b-shaped"
     start = time.perf_counter()
-    checkpoint = build_tiny_model(work / "checkpoint", ROOT / "ai-training", E2B_SPEC)
+    checkpoint = build_tiny_model(work / "checkpoint", STARTER_DIR, E2B_SPEC)
     f16 = work / "e2b-shaped-f16.gguf"
     if not f16.exists():
         convert_to_gguf(checkpoint, f16, "f16", log_file=work / "convert.log")

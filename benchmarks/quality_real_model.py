@@ -75,7 +75,7 @@ def main() -> int:
     if project.exists():
         shutil.rmtree(project)
     project.mkdir(parents=True)
-    shutil.copytree(ROOT / "ai-training", project / "ai-training")
+    (project / "ai-training").mkdir()  # a new game: the build adds the starter corpus (data.include_starter)
     models = ROOT / ".mlx-dm" / "models"  # reuse the imported base between runs
     (project / ".mlx-dm").mkdir()
     (project / ".mlx-dm" / "models").symlink_to(models, target_is_directory=True)

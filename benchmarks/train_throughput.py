@@ -26,6 +26,7 @@ over the DM tokens and over every token.
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import argparse
 import json
 import tempfile
@@ -79,14 +80,14 @@ def prepare(base: str, work: Path) -> tuple[Path, Path, Path]:
     from mlx_dm.model.tiny import build_tiny_model
 
     config = load_config(ROOT).override(data={"dataset_dir": str(work / "dataset")})
-    dataset_dir = build(config, ROOT / "ai-training").path
+    dataset_dir = build(config, STARTER_DIR).path
     if base in (MID_SIZE, MID_SIZE_E2B_VOCAB):
-        base_path = float32_copy(build_tiny_model(ROOT / ".mlx-dm" / "models" / base, ROOT / "ai-training",
+        base_path = float32_copy(build_tiny_model(ROOT / ".mlx-dm" / "models" / base, STARTER_DIR,
                                                   mid_size_spec(base == MID_SIZE_E2B_VOCAB)), work / f"{base}-f32")
     elif base == TINY:
-        base_path = float32_copy(resolve_base(base, ROOT, ROOT / "ai-training"), work / "tiny-f32")
+        base_path = float32_copy(resolve_base(base, ROOT, STARTER_DIR), work / "tiny-f32")
     else:
-        base_path = resolve_base(base, ROOT, ROOT / "ai-training")
+        base_path = resolve_base(base, ROOT, STARTER_DIR)
     return dataset_dir, base_path, stock_lora_data(dataset_dir, work / "stock-data")
 
 
@@ -106,7 +107,7 @@ def main() -> None:
         stock = train_stock(base_path, stock_data, work, args.steps, args.seq, args.batch, args.lr)
         # mlx-dm trains the float32 copy made for this run where there is one, else the base by name.
         ours_base = str(base_path) if base_path.is_relative_to(work) else args.base
-        ours = train_ours(ours_base, ROOT / "ai-training", work, args.steps, args.seq, args.batch, args.lr,
+        ours = train_ours(ours_base, STARTER_DIR, work, args.steps, args.seq, args.batch, args.lr,
                           args.grad_checkpoint)
         for row in (stock, ours):
             row["validation"] = validation_losses(base_path, Path(row["adapter_dir"]), dataset_dir, args.seq)

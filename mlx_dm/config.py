@@ -44,6 +44,8 @@ class DataConfig:
     agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT_TOOLS))  # tool names the app's agent acts on
     agent_profiles: dict[str, dict] = field(default_factory=dict)  # parsers of your own beside the built-in three (data/profiles.py)
     augment_copies: int = 1  # copies of each training scenario with its party renamed throughout (data/augment.py); 0: none
+    include_starter: str = "auto"  # mlx-dm's starter corpus joins the data: "auto" (below starter_below scenarios), "always", "never"
+    starter_below: int = 30  # "auto" adds the starter corpus while the scenario folder has fewer scenarios than this
 
 
 @dataclass(frozen=True)

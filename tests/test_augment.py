@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import json
 import re
 
@@ -72,9 +73,9 @@ def test_a_copy_renames_the_party_everywhere_and_keeps_every_turn_and_call(tmp_p
 
 
 def test_only_the_training_split_is_copied_and_the_names_are_fresh():
-    dataset = build_dataset(ROOT / "ai-training", augment_copies=1)
+    dataset = build_dataset(STARTER_DIR, augment_copies=1)
     valid = {s.path for s in dataset.valid}
     assert dataset.augmented and not {c.path.split("#")[0] for c in dataset.augmented} & valid
-    written = "\n".join(p.read_text() for folder in (ROOT / "ai-training", INDEPENDENT_DIR) for p in folder.rglob("*.md"))
+    written = "\n".join(p.read_text() for folder in (STARTER_DIR, INDEPENDENT_DIR) for p in folder.rglob("*.md"))
     assert not [name for name in NAMES if re.search(rf"\b{name}\b", written)]
     assert scan(INDEPENDENT_DIR).accepted

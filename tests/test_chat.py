@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ def tiny_gguf(tmp_path_factory) -> Path:
     from mlx_dm.model.tiny import build_tiny_model
 
     work = tmp_path_factory.mktemp("chat")
-    return convert_to_gguf(build_tiny_model(work / "tiny", ROOT / "ai-training"), work / "tiny-f16.gguf")
+    return convert_to_gguf(build_tiny_model(work / "tiny", STARTER_DIR), work / "tiny-f16.gguf")
 
 
 def chat(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -62,7 +63,7 @@ def test_scripted_session_save_makes_a_valid_scenario(tiny_gguf, tmp_path):
 
 
 def test_scenario_file_sets_the_scene(tiny_gguf):
-    scenario = ROOT / "ai-training/data/scenarios/variants/speaker-sections-player-sheet.md"
+    scenario = STARTER_DIR / "variants/speaker-sections-player-sheet.md"
     result = chat("--model", str(tiny_gguf), "--scenario", str(scenario), "--prompt", "Hello", "--max-tokens", "4")
     assert result.returncode == 0, result.stderr
 
@@ -107,7 +108,7 @@ def test_mlx_backend_streams_until_end_of_turn(tmp_path):
     from mlx_dm.inference import MlxBackend
     from mlx_dm.model.tiny import build_tiny_model
 
-    backend = MlxBackend(build_tiny_model(tmp_path / "tiny", ROOT / "ai-training"))
+    backend = MlxBackend(build_tiny_model(tmp_path / "tiny", STARTER_DIR))
     session = ChatSession(backend, "World: Greyhawk", DiceRoller(seed=0), max_tokens=6)
     pieces: list[str] = []
     replies = session.turn("I look around.", pieces.append)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import json
 import os
 from pathlib import Path
@@ -139,7 +140,7 @@ def test_balance_upsamples_minorities_only():
 
 
 def test_render_equals_gemma_chat_template():
-    text = (ROOT / "ai-training/data/scenarios/variants/speaker-sections-player-sheet.md").read_text()
+    text = (STARTER_DIR / "variants/speaker-sections-player-sheet.md").read_text()
     scenario = parse_text(text, "x.md").scenario
     rendered = render_scenario(scenario)
     env = jinja2.Environment()
@@ -198,16 +199,18 @@ def test_nothing_in_ai_training_is_written(write_md, tmp_path):
 
 
 def test_starter_corpus():
-    dataset = build_dataset(ROOT / "ai-training")
+    dataset = build_dataset(STARTER_DIR)
     s = dataset.summary
     assert s.accepted >= 60 and not s.rejected
     assert all(s.categories_before.get(c, 0) >= 15 for c in ("combat", "roleplay", "exploration"))
     for scenario in dataset.train + dataset.valid:
-        assert 3 <= len(scenario.turns) <= 12, scenario.path
+        assert 3 <= len(scenario.turns) <= 20, scenario.path
     forms = {sc.form for sc in dataset.train + dataset.valid}
     assert forms == {"headings", "tags"}
-    for tool in ("roll", "attack", "damage", "heal", "inventory", "save", "spellcast"):
-        assert tool in s.tools
+    from mlx_dm.config import DEFAULT_AGENT_TOOLS
+
+    for tool in ("attack", "save", "spellcast", "transition", "add_to_inventory", *DEFAULT_AGENT_TOOLS):
+        assert tool in s.tools, tool
     assert s.warnings == 0, [str(p) for p in dataset.problems]
 
 

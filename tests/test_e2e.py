@@ -6,6 +6,7 @@ project."""
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ NPM = ["npm", "--no-audit", "--no-fund", "--loglevel=error"]
 
 def add_scenarios(game: Path) -> None:
     for source in STARTER[::7]:
-        target = game / "ai-training" / source.relative_to(ROOT / "ai-training")
+        target = game / "ai-training" / source.relative_to(STARTER_DIR)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import pytest
 
 from mlx_dm.errors import ConfigError, DataError
@@ -201,7 +202,7 @@ REAL_APP = ROOT.parent / "shared" / "real-app" / "ai-training"
 def test_the_games_real_files_parse_as_cases_as_they_are_written():
     from mlx_dm.evaluate.cases import user_cases
 
-    cases, left_out = user_cases(REAL_APP, ROOT / "ai-training")
+    cases, left_out = user_cases(REAL_APP, STARTER_DIR)
     assert not left_out and len(cases) >= 25  # 30 DM turns, less those that open a file with no turn before them
     assert len({case.case.split("#")[0] for case in cases}) == 10
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import json
 import os
 import re
@@ -102,7 +103,7 @@ def test_f32_gguf_computes_the_mlx_graph_up_to_llama_cpps_conventions(tmp_path):
     from mlx_dm.model.load import load_model
     from mlx_dm.model.tiny import build_tiny_model
 
-    base = build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")
+    base = build_tiny_model(tmp_path / "tiny", STARTER_DIR)
     gguf = convert_to_gguf(base, tmp_path / "tiny-f32.gguf", "f32")
     loaded = load_model(base, dtype="float32")
     text = ("<bos><start_of_turn>user\nYou enter the dark cave. What do you see?<end_of_turn>\n<start_of_turn>model\n"

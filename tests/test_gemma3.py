@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import json
 from pathlib import Path
 
@@ -120,7 +121,7 @@ def test_imported_tokenizer_matches_llama_cpp_on_the_training_text(imported):
     processor = spm.SentencePieceProcessor(model_file=str(checkpoint / "tokenizer.model"))
     assert [processor.id_to_piece(i) for i in (0, 1, 2, 3, 105, 106)] == \
         ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-    dataset = build_dataset(ROOT / "ai-training")
+    dataset = build_dataset(STARTER_DIR)
     from mlx_dm.data.render import render_scenario
 
     texts = [render_scenario(s).text for s in dataset.train[:25]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import hashlib
 import json
 from pathlib import Path
@@ -23,7 +24,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-gemma3n", ROOT / "ai-training")
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-gemma3n", STARTER_DIR)
 
 
 @pytest.fixture(scope="session")
@@ -71,11 +72,11 @@ def test_tiny_checkpoint_layout_and_tokenizer(tiny_dir):
 
 
 def test_tiny_builder_is_deterministic_and_cached(tmp_path, tiny_dir):
-    again = build_tiny_model(tmp_path / "again", ROOT / "ai-training")
+    again = build_tiny_model(tmp_path / "again", STARTER_DIR)
     for name in ("model.safetensors", "tokenizer.model", "config.json"):
         assert (again / name).read_bytes() == (tiny_dir / name).read_bytes()
     stamp = (again / "model.safetensors").stat().st_mtime_ns
-    build_tiny_model(tmp_path / "again", ROOT / "ai-training")
+    build_tiny_model(tmp_path / "again", STARTER_DIR)
     assert (again / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
 
 

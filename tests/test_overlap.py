@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import random
 
 from mlx_dm.data.dataset import build_dataset, split
@@ -48,16 +49,12 @@ def test_a_corpus_of_one_recombined_block_falls_back_and_says_how_much_is_shared
     assert "50% of the validation split's DM sentences also occur in training" in overlap.warning
 
 
-def test_the_starter_corpus_split_holds_out_only_unseen_sentences():
-    dataset = build_dataset(ROOT / "ai-training")
+def test_the_starter_corpus_is_written_apart_so_every_scenario_is_its_own_group():
+    dataset = build_dataset(STARTER_DIR)
     overlap = dataset.summary.split_overlap
-    assert overlap["shared_sentences"] == 0 and dataset.summary.valid >= 5
-    assert "share DM sentences" in overlap["warning"]  # the recombined blocks are named to the user
-    # A split drawn file by file, as before, would have shared much of its text with training.
-    scenarios = dataset.train + dataset.valid
-    random.Random(0).shuffle(scenarios)
-    valid, train = scenarios[: len(dataset.valid)], scenarios[len(dataset.valid):]
-    assert split_overlap(text_groups(scenarios), train, valid, len(valid)).shared_sentences > 0.3
+    assert overlap["largest_group"] == 1 and overlap["linked_scenarios"] == 0  # no DM sentence in two files
+    assert overlap["shared_sentences"] == 0 and overlap["warning"] is None
+    assert dataset.summary.valid >= 5 and not dataset.problems  # mlx-dm's own files raise no warning either
 
 
 def test_the_independent_set_covers_every_agent_tool_and_shares_no_text_with_the_starter_corpus():
@@ -74,5 +71,5 @@ def test_the_independent_set_covers_every_agent_tool_and_shares_no_text_with_the
     assert len(no_call) >= 20  # narration after a result, dialogue, a player's choice left to the player
     assert {case.category for case in cases} == {"combat", "roleplay", "exploration"}
     independent = set().union(*(dm_sentences(s.scenario) for s in scan(INDEPENDENT_DIR).accepted))
-    starter = set().union(*(dm_sentences(s.scenario) for s in scan(ROOT / "ai-training").accepted))
+    starter = set().union(*(dm_sentences(s.scenario) for s in scan(STARTER_DIR).accepted))
     assert not independent & starter

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlx_dm.data.starter import STARTER_DIR
 import json
 import os
 import shutil
@@ -20,13 +21,13 @@ from mlx_dm.train.step import attention_mask
 
 from .conftest import ROOT
 
-STARTER = sorted((ROOT / "ai-training" / "data" / "scenarios").rglob("*.md"))
+STARTER = sorted((STARTER_DIR).rglob("*.md"))
 
 
 def make_project(tmp_path: Path, n_files: int = 8, extra_toml: str = "") -> Path:
     project = tmp_path / "project"
     for source in STARTER[:: max(1, len(STARTER) // n_files)][:n_files]:
-        target = project / "ai-training" / source.relative_to(ROOT / "ai-training")
+        target = project / "ai-training" / source.relative_to(STARTER_DIR)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target)
     (project / "mlx-dm.toml").write_text(
@@ -56,7 +57,7 @@ def test_tokenize_masks_only_model_turns(tmp_path):
     from mlx_dm.model.tiny import build_tiny_model
     from mlx_dm.model.load import load_model
 
-    tokenizer = load_model(build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")).tokenizer
+    tokenizer = load_model(build_tiny_model(tmp_path / "tiny", STARTER_DIR)).tokenizer
     rendered = render_messages([{"role": "user", "content": "I look around."},
                                 {"role": "assistant", "content": "Roll! [roll: perception]"}])
     example = batching.tokenize_record(tokenizer, {"text": rendered.text, "train_spans": rendered.train_spans}, 512)
@@ -70,8 +71,8 @@ def test_long_scenario_is_split_into_windows_that_restart_from_its_context(tmp_p
     from mlx_dm.model.load import load_model
     from mlx_dm.model.tiny import build_tiny_model
 
-    tokenizer = load_model(build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")).tokenizer
-    source = next(path for path in STARTER if "combat-01" in path.name)
+    tokenizer = load_model(build_tiny_model(tmp_path / "tiny", STARTER_DIR)).tokenizer
+    source = next(path for path in STARTER if path.name == "icewind-wolves.md")
     record = _record(parse_text(source.read_text(), source.name).scenario)
     whole = batching.tokenize_record(tokenizer, record, 100_000)
     max_seq_length = whole.trainable_tokens // 2 + 150
@@ -286,7 +287,7 @@ def test_memory_probe_splits_the_batch_to_fit_and_keeps_the_effective_batch(tmp_
     from mlx_dm.model.tiny import build_tiny_model
     from mlx_dm.train.setup import apply_lora, choose_micro_batch, step_memory_probe
 
-    base = build_tiny_model(tmp_path / "tiny", ROOT / "ai-training")
+    base = build_tiny_model(tmp_path / "tiny", STARTER_DIR)
     config = load_config(tmp_path)
     loaded = load_model(base)
     apply_lora(loaded.model, config)

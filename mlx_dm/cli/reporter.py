@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .. import supervise
 from ..app_config import llama_rn_snippet
+from ..data.dataset import starter_line
 from ..pipeline.reporter import Reporter
 from .common import console, say
 
@@ -69,6 +70,8 @@ def show_dataset(built) -> None:
     s = built.dataset.summary
     say(f"{s.accepted} scenarios ({s.train} train, {s.valid} validation), {len(s.rejected)} rejected, "
         f"{s.warnings} warnings; report {built.path / 'report.md'}")
+    if s.starter:
+        say(escape(starter_line(s.starter)))
     for name, counts in built.profiles.items():
         refused = counts["examples"]["rejects"][:2] + counts["examples"]["drops"][:2]
         say(f"agent profile {name}: acts on {counts['acts']} calls, drops {counts['drops']}, rejects {counts['rejects']}"

@@ -19,14 +19,15 @@ from pathlib import Path
 
 from .parse import parse_text
 from .scenario import Scenario
+from .starter import source_path
 
 # First names across many traditions and styles, none used by the starter corpus or the
 # independent evaluation set (tests/test_overlap.py checks both), so a copy always has fresh names.
 NAMES = (
-    "Adaeze", "Aldric", "Amara", "Anselm", "Arwel", "Bao", "Beatrix", "Bodhi", "Caius", "Catalina", "Dagny", "Darius",
-    "Eamon", "Efua", "Elif", "Emrys", "Farida", "Finnick", "Gideon", "Gulnara", "Halvard", "Hana", "Idris", "Ines",
+    "Adaeze", "Aldric", "Amadou", "Anselm", "Arwel", "Bao", "Berenike", "Bodhi", "Caius", "Catalina", "Dagny", "Darius",
+    "Eamon", "Efua", "Elif", "Emrys", "Farida", "Finnick", "Gideon", "Gulnara", "Hakon", "Hana", "Idris", "Ines",
     "Jorund", "Kaveh", "Keziah", "Kofi", "Leilani", "Lorcan", "Mael", "Malin", "Nikolai", "Nomvula", "Oona", "Orrin",
-    "Perrin", "Priya", "Radomir", "Rosalind", "Saoirse", "Sigrun", "Tariq", "Thessaly", "Ulla", "Vasco", "Wendeline",
+    "Perrin", "Priya", "Radomir", "Roswitha", "Saoirse", "Sigrun", "Tariq", "Thaddeus", "Ulla", "Vasco", "Wendeline",
     "Xiomara", "Yusuf", "Zephyrine",
 )
 
@@ -60,7 +61,7 @@ def augmented_copies(scenarios: list[Scenario], root: Path, copies: int, seed: i
     """`copies` renamed copies of each scenario (a path like `a.md#renamed-1`), seeded, in order."""
     out = []
     for scenario in scenarios:
-        source = Path(root) / scenario.path
+        source = source_path(root, scenario.path)
         if copies <= 0 or not scenario.party or not source.is_file():
             continue
         text = source.read_text(encoding="utf-8")

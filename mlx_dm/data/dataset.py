@@ -208,6 +208,7 @@ class DatasetSummary:
     fingerprint: str
     augmented: int = 0  # renamed copies added to the training split
     split_overlap: dict = field(default_factory=dict)  # overlap.SplitOverlap.to_dict(), with its warning
+    starter: dict = field(default_factory=dict)  # starter.StarterUse.to_dict(): whether mlx-dm's starter corpus joined, why
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -336,6 +337,15 @@ def write_dataset(dataset: Dataset, out_dir: Path) -> Path:
     return out_dir
 
 
+def starter_line(starter: dict) -> str:
+    if not starter:
+        return "mlx-dm's starter corpus: not considered (scenarios passed directly)."
+    if starter["included"]:
+        return (f"mlx-dm's starter corpus joined: {starter['files']} scenarios under `mlx-dm-starter/` "
+                f"({starter['reason']}; `data.include_starter`).")
+    return f"mlx-dm's starter corpus is not included ({starter['reason']}; `data.include_starter`)."
+
+
 def markdown_report(dataset: Dataset) -> str:
     s = dataset.summary
     lines = [
@@ -346,7 +356,7 @@ def markdown_report(dataset: Dataset) -> str:
         f"| {s.files} | {s.accepted} | {len(s.skipped)} | {len(s.rejected)} | {len(s.duplicates)} | {s.warnings} "
         f"| {s.train} | {s.train_balanced} | {s.valid} |", "",
         f"Training also reads {s.augmented} copies of its scenarios with the party renamed throughout "
-        "(`data.augment_copies`).", "",
+        "(`data.augment_copies`).", "", starter_line(s.starter), "",
         "## Categories (train split)", "", "| category | before balancing | after |", "|---|---|---|",
     ]
     for category in CATEGORIES:

@@ -191,10 +191,13 @@ def corpus_sentences(scenarios_dir: Path | None) -> list[str]:
     """Training text for the tokenizer: the rendered scenarios, so the vocabulary fits D&D text."""
     from ..data.discover import scan
     from ..data.render import render_scenario
+    from ..data.starter import STARTER_DIR
 
     lines: list[str] = []
-    if scenarios_dir is not None and Path(scenarios_dir).is_dir():
-        for result in scan(Path(scenarios_dir)).accepted:
+    # The starter corpus too: a new game's folder may be empty, and the build adds the starter then.
+    folders = dict.fromkeys(Path(f).resolve() for f in (scenarios_dir, STARTER_DIR) if f is not None and Path(f).is_dir())
+    for folder in folders:
+        for result in scan(folder).accepted:
             text = render_scenario(result.scenario).text
             for special in SPECIAL_TOKENS:
                 text = text.replace(special, "\n")

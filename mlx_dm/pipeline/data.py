@@ -10,6 +10,7 @@ from ..config import Config
 from ..data.dataset import Dataset, build_dataset, write_dataset
 from ..data.profiles import agent_profiles, profile_report
 from ..data.scenario import DM
+from ..data.starter import scan_with_starter
 from ..data.vocabulary import extend_vocabulary, write_tools_doc
 from ..files import atomic_write_json
 
@@ -25,9 +26,12 @@ class BuiltDataset:
 def read_dataset(config: Config, scenarios: Path | None = None) -> Dataset:
     root = Path(scenarios) if scenarios else config.path(config.data.scenarios_dir)
     data = config.data
-    return build_dataset(root, data.validation_fraction, data.seed, data.strict,
-                         data.target_mix if data.balance else None, data.agent_tools, data.max_file_bytes,
-                         augment_copies=data.augment_copies)
+    scanned, starter = scan_with_starter(root, data.include_starter, data.starter_below, data.max_file_bytes)
+    dataset = build_dataset(root, data.validation_fraction, data.seed, data.strict,
+                            data.target_mix if data.balance else None, data.agent_tools, data.max_file_bytes,
+                            scan_result=scanned, augment_copies=data.augment_copies)
+    dataset.summary.starter = starter.to_dict()
+    return dataset
 
 
 def build(config: Config, scenarios: Path | None = None) -> BuiltDataset:
