@@ -11,13 +11,14 @@ measured in the same run.
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import argparse
 import json
 import re
 import time
 from collections import defaultdict
 from pathlib import Path
+
+from mlx_dm.data.starter import STARTER_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET = 2.0e9

@@ -26,7 +26,6 @@ over the DM tokens and over every token.
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import argparse
 import json
 import tempfile
@@ -34,6 +33,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from mlx_dm.bench import train_ours, train_stock, validation_losses
+from mlx_dm.data.starter import STARTER_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -108,6 +108,27 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
+class PlaytestConfig:
+    """`mlx-dm playtest`: whole games against the GGUF with the app's settings, and what they must show."""
+
+    sessions: int = 10  # games played; session i plays script i (built-in scripts, or scripts_dir's), seeded
+    turns: int = 12  # player turns per game (a script with fewer ends sooner)
+    scripts_dir: str = ""  # a folder of your scenario files, replayed as scripts; empty: the built-in scripts
+    n_ctx: int = 2048  # the app's context; older turns are trimmed when a prompt would not fit
+    temperature: float = 0.7  # the app's sampling
+    top_p: float = 0.9
+    max_tokens: int = 256  # the app's n_predict
+    seed: int = 0
+    profile: str = "cactus-agent"  # the agent profile whose parser reads the calls (data.agent_profiles or built-in)
+    min_parsed: float = 0.95  # share of call-like text the app's pattern reads as a call
+    max_invented_results: int = 0  # replies that write a tool's result themselves
+    max_player_decisions: int = 0  # replies that decide or speak for a player
+    max_repeated: float = 0.2  # share of replies that repeat an earlier one of the game
+    after_validation: int = 3  # `mlx-dm run` plays this many games before promotion; 0: none
+    thresholds: bool = True  # off for the tiny dev model: its games are reported, not judged
+
+
+@dataclass(frozen=True)
 class Config:
     project_dir: str = "."
     runs_dir: str = "runs"  # one folder per train/bench run
@@ -115,6 +136,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    playtest: PlaytestConfig = field(default_factory=PlaytestConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

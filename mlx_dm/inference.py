@@ -8,7 +8,7 @@ from typing import Iterator, Protocol
 
 from .data.render import STOP_WORDS  # the same stop words the app is told to use
 from .errors import ModelError
-from .llama.runtime import open_gguf
+from .llama.runtime import captured_llama_logs, open_gguf
 
 
 class Backend(Protocol):
@@ -16,15 +16,24 @@ class Backend(Protocol):
 
 
 class GgufBackend:
-    def __init__(self, path: Path, n_ctx: int = 2048, temperature: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, path: Path, n_ctx: int = 2048, temperature: float = 0.0, seed: int = 0, top_p: float = 0.95) -> None:
         if not Path(path).is_file():
             raise ModelError(f"no GGUF file at {path}", "pass --model with a .gguf from assets/models (see manifest.json)")
         try:
-            self.llm = open_gguf(path, n_ctx, seed=seed)
+            with captured_llama_logs():  # llama.cpp prints its cache layout on load, past verbose=False
+                self.llm = open_gguf(path, n_ctx, seed=seed)
         except ValueError as exc:
             raise ModelError(f"llama.cpp could not load {path}: {exc}",
                              "check the file is a complete GGUF (re-export with `mlx-dm export`)") from exc
-        self.temperature = temperature
+        self.temperature, self.top_p = temperature, top_p
+        self.last_tokens = 0  # tokens the last stream generated (playtest latency and tokens/s)
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.llm.tokenize(prompt.encode(), add_bos=False, special=True))
+
+    def reseed(self, seed: int) -> None:
+        """Sampling from here on repeats for the same seed and prompts (a playtest game)."""
+        self.llm.set_seed(seed)
 
     def stream(self, prompt: str, max_tokens: int) -> Iterator[str]:
         """At most `max_tokens` tokens, cut at Gemma's stop words, as text as soon as it is whole.
@@ -41,13 +50,15 @@ class GgufBackend:
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text, sent, count = "", 0, 0
+        self.last_tokens = 0
         tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
         for token in llm.generate(tokens, temp=self.temperature, top_k=1 if self.temperature == 0 else 40,
-                                  top_p=0.95, min_p=0.05):
+                                  top_p=self.top_p, min_p=0.05):
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
             text += decoder.decode(llm.detokenize([token]))
             count += 1
+            self.last_tokens = count
             end, done = _text_before_stop(text)
             if end > sent:
                 yield text[sent:end]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import json
 import re
 
@@ -12,6 +11,7 @@ from mlx_dm.data.discover import scan
 from mlx_dm.data.render import render_scenario
 from mlx_dm.evaluate.cases import INDEPENDENT_DIR
 from mlx_dm.pipeline.plan import incremental_dataset
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import re
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ import pytest
 from mlx_dm.chat import resolve_calls
 from mlx_dm.data.parse import parse_text
 from mlx_dm.dice import DiceRoller
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 

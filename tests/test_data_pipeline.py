@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from mlx_dm.data.discover import find_scenario_files, scan
 from mlx_dm.data.parse import parse_text
 from mlx_dm.data.render import GEMMA_CHAT_TEMPLATE, dm_examples, render_messages, render_scenario
 from mlx_dm.errors import DataError
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 

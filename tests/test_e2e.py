@@ -6,7 +6,6 @@ project."""
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import json
 import os
 import shutil
@@ -17,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 from .test_bootstrap import stamp_for
@@ -83,6 +84,8 @@ def check_the_app_model(project: Path, env: dict, said: str) -> None:
     assert manifest["current"]["sha256"] == config["sha256"]
     assert manifest["versions"][-1]["status"] == "promoted"
     assert json.loads((run / "validation" / "validation.json").read_text())["passed"]
+    played = json.loads((run / "playtest" / "playtest.json").read_text())  # games before promotion
+    assert played["summary"]["games"] == 3 and not played["thresholds"] and not played["summary"]["errors"]
     assert "export const modelPath" in said
 
     from mlx_dm.inference import GgufBackend
@@ -140,6 +143,7 @@ def test_a_game_repository_adds_mlx_dm_inits_and_trains_through_a_sigill_and_a_r
     assert second.stdout.count("reusing") >= 3  # fused checkpoint, f16 and quantised GGUFs
     manifest = json.loads((models / "manifest.json").read_text())
     assert [(v["version"], v["status"]) for v in manifest["versions"]] == [("v1", "promoted")]
+    assert "mlx-dm's starter corpus joined: 64 scenarios" in " ".join(second.stdout.split())  # 10 of the game's own
     check_the_app_model(game, env, second.stdout)
 
     validate = subprocess.run([*NPM, "run", "--silent", "train:validate"], cwd=game, env=env, capture_output=True, text=True,

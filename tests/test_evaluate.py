@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import pytest
 
 from mlx_dm.errors import ConfigError, DataError
@@ -20,6 +19,7 @@ from mlx_dm.evaluate.score import (
     ExampleScore,
 )
 from mlx_dm.evaluate.validate import TUNED_GGUF, TUNED_MLX, BackendEval, ValidationReport, decide
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 

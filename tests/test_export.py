@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from mlx_dm.export.fuse import check_adapter
 from mlx_dm.export.gguf import gguf_metadata, quantize
 from mlx_dm.app_config import cactus_snippet
 from mlx_dm.registry import next_version
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 from .test_train import make_project

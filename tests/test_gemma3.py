@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from mlx_dm.model import patches
+from mlx_dm.data.starter import STARTER_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 

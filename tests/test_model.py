@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import hashlib
 import json
 from pathlib import Path
@@ -16,6 +15,7 @@ from mlx_dm.model.hub import resolve_base
 from mlx_dm.model.load import load_model
 from mlx_dm.model.tiny import SPECIAL_TOKENS, TinySpec, build_tiny_model
 from mlx_dm.errors import ModelError
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 

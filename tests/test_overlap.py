@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import random
 
 from mlx_dm.data.dataset import build_dataset, split
 from mlx_dm.data.overlap import dm_sentences, split_overlap, text_groups
 from mlx_dm.data.parse import parse_text
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from mlx_dm.data.starter import STARTER_DIR
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import pytest
 
 from mlx_dm.train import batching
 from mlx_dm.train.step import attention_mask
+from mlx_dm.data.starter import STARTER_DIR
 
 from .conftest import ROOT
 
@@ -30,7 +30,9 @@ def make_project(tmp_path: Path, n_files: int = 8, extra_toml: str = "") -> Path
         target = project / "ai-training" / source.relative_to(STARTER_DIR)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target)
+    # These tests are about training mechanics on these few files: the starter corpus stays out (test_e2e keeps it).
     (project / "mlx-dm.toml").write_text(
+        '[data]\ninclude_starter = "never"\n\n'
         "[train]\nsteps_per_checkpoint = 2\nsteps_per_eval = 2\nmax_seq_length = 128\nbatch_size = 2\n" + extra_toml)
     return project
 

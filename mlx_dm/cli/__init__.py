@@ -16,7 +16,7 @@ import typer
 
 from .. import __version__, supervise
 from ..errors import MlxDmError
-from . import bench, chat, data, doctor, models, train, validate  # noqa: F401 - each registers its commands
+from . import bench, chat, data, doctor, models, playtest, train, validate  # noqa: F401 - each registers its commands
 from .common import app, console, err_console, print_error, state
 
 log = logging.getLogger("mlx_dm")

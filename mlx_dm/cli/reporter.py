@@ -145,6 +145,22 @@ def show_validation(outcome) -> None:
     say(f"report: {path}")
 
 
+def show_playtest(outcome) -> None:
+    report, path = outcome
+    s = report.summary
+    table = Table(title=f"playtest of {report.model}: {s['games']} games, {s['replies']} DM replies")
+    for column in ("check", "result", "value", "threshold"):
+        table.add_column(column)
+    for check in report.checks:
+        verdict = "[green]pass[/green]" if check.passed else "[red]FAIL[/red]" if report.thresholds else "[yellow]no[/yellow]"
+        table.add_row(check.name, verdict, _cell(check.value), _cell(check.threshold))
+    console.print(table)
+    say(f"calls {s['calls']} ({s['parsed']:.1%} read; {report.profile} acts on {s['acts']}, drops {s['drops']}, "
+        f"rejects {s['rejects']}); {s['games_trimmed']} games trimmed to fit the context; "
+        f"{s['seconds_per_reply']:.2f} s per reply, {s['tokens_per_second']:.1f} tokens/s")
+    say(f"report: {path}")
+
+
 def show_promotion(promoted) -> None:
     placed = promoted.placed
     pruned = f"; pruned {', '.join(promoted.pruned)}" if promoted.pruned else ""
@@ -156,4 +172,4 @@ def show_promotion(promoted) -> None:
 
 
 RESULTS = {"dataset": show_dataset, "plan": show_plan, "training": show_training, "export": show_export,
-           "validation": show_validation, "promotion": show_promotion}
+           "validation": show_validation, "playtest": show_playtest, "promotion": show_promotion}

@@ -36,7 +36,9 @@ def dev_validation(config: Config) -> Config:
     model at ~15 tokens/s on 2 CPU cores; the GGUF at ~600)."""
     return config.override("the dev profile", validate={
         "quality_thresholds": False, "max_tokens": min(config.validate.max_tokens, 32),
-        "max_cases": config.validate.max_cases or 12})
+        "max_cases": config.validate.max_cases or 12},
+        playtest={"thresholds": False, "turns": min(config.playtest.turns, 4),
+                  "max_tokens": min(config.playtest.max_tokens, 48)})
 
 
 def settle_memory_savings(config: Config, base_path: Path, hardware: Hardware) -> Config:

@@ -12,8 +12,10 @@ from ..errors import ValidationFailed
 from ..data.profiles import agent_profiles
 from ..evaluate.cases import independent_cases, suite_cases, user_cases, validation_cases
 from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation, write_report
+from ..evaluate.playtest_report import raise_if_playtest_failed
 from ..inference import MlxBackend
 from ..registry import PlacedModel, promote, prune_versions, update_version
+from .playtest import playtest_gguf
 from .project import Project
 from .reporter import Reporter
 
@@ -63,6 +65,18 @@ def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_p
     return report, path
 
 
+def _unless_failed(check, project: Project, placed: PlacedModel, report_path: Path, current: dict | None,
+                   reporter: Reporter) -> None:
+    """Run `check`; when it raises ValidationFailed the version is kept as "rejected" and the app's model stays."""
+    try:
+        check()
+    except ValidationFailed:
+        update_version(project.root, placed, status="rejected", validation=str(report_path))
+        reporter.warn(f"{placed.version} is kept in assets/models/versions but not used: the app stays on "
+                      f"{current['version'] if current else 'no model'}")
+        raise
+
+
 def validate_and_promote(project: Project, placed: PlacedModel, adapter_dir: Path | None, base_path: Path | None,
                          out_dir: Path, reporter: Reporter, validated: bool = False) -> Promoted:
     """Validate a stored version against the app's current model; promote it only when it passes.
@@ -75,13 +89,14 @@ def validate_and_promote(project: Project, placed: PlacedModel, adapter_dir: Pat
         previous = project.path(current["gguf_path"]) if current else None
         report, path = validate_gguf(project, project.path(placed.gguf_path), adapter_dir, base_path, out_dir, reporter,
                                      previous if previous and previous.is_file() else None)
-        try:
-            raise_if_failed(report, path)
-        except ValidationFailed:
-            update_version(project.root, placed, status="rejected", validation=str(path))
-            reporter.warn(f"{placed.version} is kept in assets/models/versions but not used: the app stays on "
-                          f"{current['version'] if current else 'no model'}")
-            raise
+        _unless_failed(lambda: raise_if_failed(report, path), project, placed, path, current, reporter)
+        games = project.config.playtest.after_validation
+        if games > 0:
+            reporter.stage("playtest", f"{games} games on {Path(placed.gguf_path).name}", out_dir.parent)
+            played, played_path = playtest_gguf(project, project.path(placed.gguf_path), out_dir.parent / "playtest",
+                                                reporter, games)
+            _unless_failed(lambda: raise_if_playtest_failed(played, played_path), project, placed, played_path,
+                           current, reporter)
         scores = {k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance")} if report.evaluations else {}
         update_version(project.root, placed, status="validated", validation=str(path), scores=scores)
     reporter.stage("promotion", placed.version, out_dir.parent)
