@@ -8,9 +8,10 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from ..errors import ConfigError
 from ..model.hub import TINY_BASES
 from ..pipeline.data import build
-from ..pipeline.export import run_export
+from ..pipeline.export import run_cactus_export, run_export
 from ..pipeline.project import Project
 from ..pipeline.run import RunOptions, run
 from ..pipeline.settings import dev_validation
@@ -63,15 +64,26 @@ def export_command(
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length the app will use."),
     vision: bool = VISION_OPTION,
     size_budget: float = typer.Option(2.0, "--size-budget", help="Largest GGUF in GB (0: no limit); Q4_K_M over it gets a smaller per-tensor mix."),
+    target: str = typer.Option("gguf", "--target", help="gguf (llama.cpp: llama.rn, Cactus 0.2) or cactus (a Cactus 1.x bundle made by `cactus convert` of cactus-compute, installed apart)."),
+    cactus_bits: int = typer.Option(4, "--cactus-bits", min=1, max=4, help="Bits of the Cactus bundle's weights (--target cactus)."),
+    cactus_weights_only: bool = typer.Option(False, "--cactus-weights-only", help="Stop `cactus convert` after the weights (its graph step needs the Cactus engine library, which PyPI's package lacks)."),
     project: Optional[Path] = PROJECT_OPTION,
 ) -> None:
-    """Fuse the adapter, convert with llama.cpp, quantise, check, and place the GGUF in assets/models."""
+    """Fuse the adapter, convert with llama.cpp, quantise, check, and place the GGUF in assets/models (or, with --target cactus, a Cactus 1.x bundle)."""
+    if target not in ("gguf", "cactus"):
+        raise ConfigError(f"--target {target} is not a target", "use --target gguf (the default) or --target cactus")
     where = project_of(project, validate={"n_ctx": n_ctx}, model={"vision": vision or None})
     adapter_dir = adapter or where.latest_adapter()
     base_model = where.base_of_adapter(adapter_dir, base)
     config = where.config.override("the adapter's base", model={"base_model": base_model})
     where = Project(dev_validation(config) if base_model in TINY_BASES else config)
     base_path, reporter = where.base(), RichReporter()
+    if target == "cactus":
+        bundle = run_cactus_export(where, base_path, adapter_dir, reporter, cactus_bits, n_ctx, cactus_weights_only)
+        console.print(f"[green]Cactus bundle[/green] {bundle.folder} (CQ{bundle.bits}); lines for cactus-react-native "
+                      f"1.x: {bundle.snippet}; cactus convert's output: {bundle.log}. Not validated here: "
+                      "mlx-dm has no Cactus runtime to load it with")
+        return
     exported = run_export(where, base_path, adapter_dir, reporter, quant, n_ctx, size_budget)
     validate_and_promote(where, exported.placed, adapter_dir, base_path,
                          adapter_dir.parent / f"validation-{exported.placed.version}", reporter)

@@ -134,6 +134,17 @@ def _step(work_dir: Path, path: Path, inputs: str, what: str, make: Callable[[],
     return made
 
 
+def fused_checkpoint(base_dir: Path, adapter_dir: Path, work_dir: Path, say: Callable[[str], None],
+                     timings: dict[str, float] | None = None) -> tuple[Path, str]:
+    """The adapter fused into the base (`work_dir/fused`, reused while adapter and base are the same), and its key."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    key = _digest(sha256_of(Path(adapter_dir) / "adapters.safetensors"), Path(base_dir).resolve())
+    fused = _step(work_dir, work_dir / "fused", key, "fusing the adapter into the base weights",
+                  lambda: fuse(base_dir, adapter_dir, work_dir / "fused"), say, {} if timings is None else timings,
+                  "fuse_s")
+    return fused, key
+
+
 def export_model(spec: ExportSpec, say: Callable[[str], None] = print) -> ExportResult:
     """Fuse, convert, quantise, check and stage one adapter as a new version (or the version an
     earlier, interrupted export of the same files already staged)."""
@@ -144,9 +155,7 @@ def export_model(spec: ExportSpec, say: Callable[[str], None] = print) -> Export
     work_dir, name, quant = Path(spec.work_dir), spec.name, spec.quant
     work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
-    fused_key = _digest(sha256_of(Path(spec.adapter_dir) / "adapters.safetensors"), Path(spec.base_dir).resolve())
-    fused_dir = _step(work_dir, work_dir / "fused", fused_key, "fusing the adapter into the base weights",
-                      lambda: fuse(spec.base_dir, spec.adapter_dir, work_dir / "fused"), say, timings, "fuse_s")
+    fused_dir, fused_key = fused_checkpoint(spec.base_dir, spec.adapter_dir, work_dir, say, timings)
     f16_key = _digest(fused_key, "f16")
     f16 = _step(work_dir, work_dir / f"{name}-f16.gguf", f16_key, "converting with llama.cpp's convert_hf_to_gguf.py (f16)",
                 lambda: convert_to_gguf(fused_dir, work_dir / f"{name}-f16.gguf", "f16", log_file=work_dir / "convert.log"),

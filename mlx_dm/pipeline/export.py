@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..export.pipeline import ExportResult, ExportSpec, export_model
+from ..data.render import STOP_WORDS
+from ..export.cactus import CactusBundle, export_cactus
+from ..export.pipeline import ExportResult, ExportSpec, export_model, fused_checkpoint
 from .project import Project
 from .reporter import Reporter
 from .settings import default_quant, model_name
@@ -22,3 +24,14 @@ def run_export(project: Project, base_path: Path, adapter: Path, reporter: Repor
     result = export_model(spec, say=lambda text: reporter.stage("export", text, run_dir))
     reporter.result("export", result)
     return result
+
+
+def run_cactus_export(project: Project, base_path: Path, adapter: Path, reporter: Reporter, bits: int = 4,
+                      n_ctx: int = 2048, weights_only: bool = False) -> CactusBundle:
+    """The Cactus 1.x target: the fused checkpoint handed to `cactus convert`, the bundle placed in assets/models/cactus/."""
+    run_dir = Path(adapter).parent
+    say = lambda text: reporter.stage("export", text, run_dir)  # noqa: E731
+    fused, _ = fused_checkpoint(base_path, adapter, run_dir / "export", say)
+    slug = f"{model_name(project.config.model.base_model)}-{run_dir.name}-cq{bits}"
+    say(f"cactus convert --bits {bits}: {fused} -> assets/models/cactus/{slug}")
+    return export_cactus(fused, project.root, slug, bits, n_ctx, STOP_WORDS, run_dir / "export", weights_only)
