@@ -24,6 +24,13 @@ function parseCalls(text, pattern) {
   return [...text.matchAll(regex)].map((match) => ({ name: match[1].toLowerCase(), arguments: match[2].trim() }));
 }
 
+// Upstream quirk, patched here only: llama.node 1.7.15 (llama.rn's completion loop) leaves every stop
+// flag false when n_predict runs out while the text ends inside a multi-byte character (the held-back
+// token is not counted: tokens_predicted is n_predict - 1). tests/js/llama_node.test.mjs fails without it.
+function ranOutInsideACharacter(result, nPredict) {
+  return !result.stopped_eos && !result.stopped_words && result.tokens_predicted >= nPredict - 1;
+}
+
 async function generate(context, messages, stop, request) {
   const result = await context.completion({
     messages, jinja: true, stop, n_predict: request.n_predict, temperature: 0, top_k: 1,
@@ -34,7 +41,7 @@ async function generate(context, messages, stop, request) {
     stopped_eos: Boolean(result.stopped_eos),
     stopped_on_word: Boolean(result.stopped_words),
     stopped_word: result.stopped_words ? result.stopping_word || '' : '',
-    stopped_limit: Boolean(result.stopped_limited),
+    stopped_limit: Boolean(result.stopped_limited) || ranOutInsideACharacter(result, request.n_predict),
     calls: parseCalls(result.text, request.call_pattern),
     tokens_per_second: result.timings ? result.timings.predicted_per_second : null,
   };
