@@ -66,6 +66,10 @@ def test_the_rules_flag_what_an_app_would_run_into():
     assert reply("You decide to open the chest.").for_player
     assert reply("Okoro: I open it.").for_player  # speaking for a party member
     assert not reply("Captain Harrow: Sit down.").for_player
+    assert reply('Wren steps closer. "I have no business with you," Wren says.').for_player
+    assert reply('"Run!" shouts Okoro.').for_player
+    assert not reply('"Run!" the captain shouts at Okoro.').for_player
+    assert not reply("Wren, you hear the captain shout a warning.").for_player
     assert reply("The rain falls.", ["The  rain falls."]).repeated
     assert reply("It is dark here. It is dark here. It is dark here.").repeated
     assert reply("").garbage and reply("<start_of_turn>model").garbage

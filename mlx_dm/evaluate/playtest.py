@@ -135,17 +135,29 @@ def repeats(text: str, earlier: list[str]) -> bool:
     return any(sentences.count(s) >= 3 for s in set(sentences) if len(s.split()) >= 3)
 
 
+SPEECH_VERBS = r"(?:says|said|asks|asked|replies|replied|answers|answered|shouts|shouted|whispers|whispered|tells|told)"
+
+
+def speaks_for(text: str, players: set[str]) -> bool:
+    """A party member given words the player never wrote: `Rhosyn says`, `"...," asks Rhosyn`, `Rhosyn: ...`."""
+    for name in players:
+        quoted = re.escape(name)
+        if re.search(rf"\b{quoted}\b[^.!?\"]{{0,40}}\b{SPEECH_VERBS}\b|\b{SPEECH_VERBS}\s+{quoted}\b", text):
+            return True
+    labels = {label.strip().split()[0] for label in SPEAKER_LABEL.findall(text) if label.strip()}
+    return bool(labels & players)
+
+
 def judge(text: str, turn: int, seconds: float, tokens: int, earlier: list[str], players: set[str],
           profile: AgentProfile, after_trim: bool) -> Reply:
     calls = [(c.name, c.arguments) for c in find_calls(text, 1)]
     verdicts = {"acts": 0, "drops": 0, "rejects": 0}
     for name, arguments in calls:
         verdicts[profile.verdict(name, arguments)] += 1
-    speakers = {label.strip().split()[0] for label in SPEAKER_LABEL.findall(text) if label.strip()}
     return Reply(
         turn, text, seconds, tokens, calls, [a.text for a in find_look_alikes(text, 1)], verdicts,
         invented_result=bool(INVENTED_RESULT.search(text)),
-        for_player=bool(DECIDES_FOR_PLAYER.search(text)) or bool(speakers & players),
+        for_player=bool(DECIDES_FOR_PLAYER.search(text)) or speaks_for(text, players),
         repeated=repeats(text, earlier),
         garbage=not text.strip() or any(leak in text for leak in TEMPLATE_LEAKS) or "\ufffd" in text,
         after_trim=after_trim,
