@@ -11,6 +11,7 @@ import pytest
 
 from mlx_dm.config import load_config
 from mlx_dm.errors import ConfigError, ValidationFailed
+from mlx_dm.evaluate.playtest_report import PlaytestReport
 from mlx_dm.evaluate.validate import Check, ValidationReport
 from mlx_dm.pipeline import validate as validate_stage
 from mlx_dm.pipeline.plan import plan_retraining
@@ -77,27 +78,36 @@ def _report(passed: bool) -> ValidationReport:
     return ValidationReport("x.gguf", 1, [], None, None, {}, [Check("tool F1", passed, 0.5, 0.6)])
 
 
-@pytest.mark.parametrize("passes", [True, False])
-def test_a_version_is_promoted_only_when_validation_passes(tmp_path, monkeypatch, passes):
+@pytest.mark.parametrize("passes, plays_well", [(True, True), (False, True), (True, False)])
+def test_a_version_is_promoted_only_when_validation_and_its_playtest_pass(tmp_path, monkeypatch, passes, plays_well):
     promote(tmp_path, _version(tmp_path, "r1", {"a.md": "1"}).version)
     candidate = _version(tmp_path, "r2", {"a.md": "1", "b.md": "2"})
+    played = []
 
     def scored(project, gguf, adapter_dir, base_path, out_dir, reporter, previous=None):
         assert previous == project.path(project.current_model()["gguf_path"])  # compared with the app's model
         out_dir.mkdir(parents=True, exist_ok=True)
         return _report(passes), out_dir / "validation.md"
 
+    def playtested(project, gguf, out_dir, reporter, sessions=None):
+        played.append((gguf, sessions))
+        checks = [Check("no invented tool results", plays_well, 0 if plays_well else 2, 0)]
+        return PlaytestReport(gguf.name, "cactus-agent", {}, [], {}, checks), out_dir / "playtest.md"
+
     monkeypatch.setattr(validate_stage, "validate_gguf", scored)
+    monkeypatch.setattr(validate_stage, "playtest_gguf", playtested)
     project = _project(tmp_path)
-    if passes:
-        promoted = validate_stage.validate_and_promote(project, candidate, None, None, tmp_path / "runs" / "r2" / "v", Reporter())
-        assert promoted.placed.version == "v2"
+    promoted = passes and plays_well
+    if promoted:
+        assert validate_stage.validate_and_promote(project, candidate, None, None, tmp_path / "runs" / "r2" / "v",
+                                                   Reporter()).placed.version == "v2"
     else:
-        with pytest.raises(ValidationFailed):
+        with pytest.raises(ValidationFailed, match="playtest" if passes else "failed validation"):
             validate_stage.validate_and_promote(project, candidate, None, None, tmp_path / "runs" / "r2" / "v", Reporter())
+    assert played == ([(project.path(candidate.gguf_path), 3)] if passes else [])  # games only after validation passed
     manifest = load_manifest(models_dir_of(tmp_path))
-    assert manifest["current"]["version"] == ("v2" if passes else "v1")
-    assert [v["status"] for v in manifest["versions"]] == (["promoted", "promoted"] if passes else ["promoted", "rejected"])
+    assert manifest["current"]["version"] == ("v2" if promoted else "v1")
+    assert [v["status"] for v in manifest["versions"]] == (["promoted", "promoted"] if promoted else ["promoted", "rejected"])
     assert [p.name for p in models_dir_of(tmp_path).glob("*.gguf")] == [Path(manifest["current"]["gguf_path"]).name]
 
 
