@@ -9,7 +9,6 @@ from typing import Optional
 import typer
 
 from ..chat import COMMANDS_HELP, chat_setting, handle, new_session, play
-from ..errors import ModelError
 from ..inference import GgufBackend, MlxBackend
 from .common import PROJECT_OPTION, app, console, project_of
 
@@ -35,11 +34,7 @@ def chat_command(
 ) -> None:
     """Talk to the model as the game would; dice calls are rolled and fed back."""
     where = project_of(project)
-    if model is None:
-        current = where.current_model()
-        if current is None:
-            raise ModelError("no model given and none in assets/models", "pass --model FILE.gguf, or train first (`npm run train`)")
-        model = where.path(current["gguf_path"])
+    model = where.model_file(model)
     if model.suffix == ".gguf":
         backend = GgufBackend(model, temperature=temperature, seed=seed)
     else:

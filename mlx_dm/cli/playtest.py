@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import ModelError
 from ..evaluate.playtest_report import raise_if_playtest_failed
 from ..pipeline.playtest import playtest_gguf
 from ..pipeline.project import Project
@@ -35,12 +34,6 @@ def playtest_command(
                                           "profile": profile, "scripts_dir": str(scripts.resolve()) if scripts else None})
     if dev:
         where = Project(dev_validation(where.config))
-    if model is None:
-        current = where.current_model()
-        if current is None:
-            raise ModelError("no model given and none in assets/models", "pass --model FILE.gguf, or train first (`npm run train`)")
-        model = where.path(current["gguf_path"])
-    if not model.is_file():
-        raise ModelError(f"no GGUF file at {model}", "pass --model with a .gguf from assets/models (see manifest.json)")
+    model = where.gguf_file(model)
     report, path = playtest_gguf(where, model, new_run(where.runs_dir, "playtest").path, RichReporter())
     raise_if_playtest_failed(report, path)

@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import ModelError
 from ..evaluate.validate import raise_if_failed
 from ..pipeline.data import build
 from ..pipeline.project import Project
@@ -39,13 +38,7 @@ def validate_command(
     if dev:
         where = Project(dev_validation(where.config))
     build(where.config)
-    if model is None:
-        current = where.current_model()
-        if current is None:
-            raise ModelError("no model given and none in assets/models", "pass --model FILE.gguf, or train first (`npm run train`)")
-        model = where.path(current["gguf_path"])
-    if not model.is_file():
-        raise ModelError(f"no GGUF file at {model}", "pass --model with a .gguf from assets/models (see manifest.json)")
+    model = where.gguf_file(model)
     if adapter is not None:
         adapter_dir, base_path = adapter, where.base(where.base_of_adapter(adapter))
     else:

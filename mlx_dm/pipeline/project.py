@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
-from ..errors import ExportError, MlxDmError
+from ..errors import ExportError, MlxDmError, ModelError
 from ..model.hub import resolve_base
 from ..registry import find_version, load_manifest, models_dir_of
 
@@ -46,6 +46,22 @@ class Project:
     def current_model(self) -> dict | None:
         """The manifest entry of the model the app uses now, or None when assets/models has none."""
         return self.manifest()["current"]
+
+    def model_file(self, given: Path | None) -> Path:
+        """`given`, or the GGUF the app uses now (a command's default --model)."""
+        if given is not None:
+            return given
+        current = self.current_model()
+        if current is None:
+            raise ModelError("no model given and none in assets/models", "pass --model FILE.gguf, or train first (`npm run train`)")
+        return self.path(current["gguf_path"])
+
+    def gguf_file(self, given: Path | None) -> Path:
+        """model_file(), checked to be a file: what validate and playtest score."""
+        model = self.model_file(given)
+        if not model.is_file():
+            raise ModelError(f"no GGUF file at {model}", "pass --model with a .gguf from assets/models (see manifest.json)")
+        return model
 
     def base(self, name: str | None = None) -> Path:
         """The folder of a base model (the configured one by default): built, local, or downloaded once."""
