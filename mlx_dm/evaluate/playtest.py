@@ -187,9 +187,9 @@ class _Table:
         self.messages, trimmed = fit_history(self.messages, self.backend.count_tokens, budget)
         self.game.trims += trimmed
         prompt = render_messages(self.messages, add_generation_prompt=True).text
-        if self.backend.count_tokens(prompt) > budget:
-            raise RuntimeError(f"the prompt needs {self.backend.count_tokens(prompt)} tokens even trimmed; "
-                               f"the context leaves {budget}")
+        needed = self.backend.count_tokens(prompt)
+        if needed > budget:
+            raise RuntimeError(f"the prompt needs {needed} tokens even trimmed; the context leaves {budget}")
         self.backend.reseed(self.seed * 10_000 + len(self.game.replies))
         start = time.perf_counter()
         text = "".join(self.backend.stream(prompt, self.settings.max_tokens)).strip()
