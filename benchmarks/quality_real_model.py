@@ -43,6 +43,19 @@ def machine() -> str:
     return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
 
 
+def new_project(project: Path) -> Path:
+    """An empty game (so the build adds the starter corpus, data.include_starter) that shares the
+    imported base between runs; returns the shared models folder."""
+    if project.exists():
+        shutil.rmtree(project)
+    (project / "ai-training").mkdir(parents=True)
+    models = ROOT / ".mlx-dm" / "models"
+    (project / ".mlx-dm").mkdir()
+    (project / ".mlx-dm" / "models").symlink_to(models, target_is_directory=True)
+    models.mkdir(parents=True, exist_ok=True)
+    return models
+
+
 def validation_loss(base: Path, adapter: Path | None, dataset_dir: Path, seq: int) -> float:
     from mlx_dm.model.load import load_model
     from mlx_dm.train import batching
@@ -72,14 +85,7 @@ def main() -> int:
         return 2
 
     project = args.work / "project"
-    if project.exists():
-        shutil.rmtree(project)
-    project.mkdir(parents=True)
-    (project / "ai-training").mkdir()  # a new game: the build adds the starter corpus (data.include_starter)
-    models = ROOT / ".mlx-dm" / "models"  # reuse the imported base between runs
-    (project / ".mlx-dm").mkdir()
-    (project / ".mlx-dm" / "models").symlink_to(models, target_is_directory=True)
-    models.mkdir(parents=True, exist_ok=True)
+    models = new_project(project)
     command = [sys.executable, "-m", "mlx_dm", "-C", str(project), "run", "--base", "gemma3-270m",
                "--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
                "--max-seq-length", str(args.max_seq_length), "--batch-size", "1"]

@@ -60,15 +60,17 @@ def models_dir_of(project_dir: Path) -> Path:
 
 def stage(gguf: Path, project_dir: Path, name: str, quant: str, base_model: str, run: str, data_fingerprint: str,
           n_ctx: int, mmproj: Path | None = None, adapter_dir: Path | None = None,
-          data_files: dict[str, str] | None = None) -> PlacedModel:
-    """Store a new version under assets/models/versions/<name>-v<N>/ (written atomically). The app's
+          data_files: dict[str, str] | None = None, version: str | None = None) -> PlacedModel:
+    """Store a new version under assets/models/versions/<name>-v<N>/ (written atomically); `version`:
+    the one `planned_version` gave the export (its files carry it), when still free. The app's
     files are not touched: `promote` does that once the version has passed validation."""
     models_dir = models_dir_of(project_dir)
     (models_dir / VERSIONS).mkdir(parents=True, exist_ok=True)
     already = staged_earlier(project_dir, run, sha256_of(gguf))
     if already is not None:  # a resumed run: the version its interrupted export stored, not a second one
         return already
-    version = next_version(models_dir, name)
+    if version is None or (models_dir / VERSIONS / f"{name}-{version}").exists():
+        version = next_version(models_dir, name)
     folder = models_dir / VERSIONS / f"{name}-{version}"
     file_name = f"{name}-{version}-{quant}.gguf"
     mmproj_name = f"{name}-{version}-mmproj.gguf" if mmproj is not None else None
@@ -96,6 +98,16 @@ def stage(gguf: Path, project_dir: Path, name: str, quant: str, base_model: str,
         placed.mmproj_size_bytes = (folder / mmproj_name).stat().st_size
     update_version(project_dir, placed, status="candidate")
     return placed
+
+
+def planned_version(project_dir: Path, name: str, run: str) -> str:
+    """The version an export of `run` will be stored as: the one an interrupted export of it already
+    staged (a resumed run), else the next free one. Known before the files are made, so the GGUF's
+    general.name can carry it."""
+    for entry in reversed(load_manifest(models_dir_of(project_dir))["versions"]):
+        if entry.get("run") == run and entry.get("status") == "candidate" and entry.get("name", name) == name:
+            return entry["version"]
+    return next_version(models_dir_of(project_dir), name)
 
 
 def staged_earlier(project_dir: Path, run: str, sha256: str) -> PlacedModel | None:

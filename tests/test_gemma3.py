@@ -141,14 +141,3 @@ def test_imported_tokenizer_matches_llama_cpp_on_the_training_text(imported):
                     ids += processor.encode(part)
             assert ids == llm.tokenize(body.encode(), add_bos=False, special=True), path
         llm.close()
-
-
-def test_default_quant_keeps_small_gemma3_models_at_q8(tmp_path):
-    from mlx_dm.pipeline.settings import default_quant
-
-    for model_type, expected in (("gemma3_text", "Q8_0"), ("gemma3n", "Q4_K_M")):
-        folder = tmp_path / model_type
-        folder.mkdir()
-        (folder / "config.json").write_text(json.dumps({"model_type": model_type, "torch_dtype": "float32"}))
-        (folder / "model.safetensors").write_bytes(b"\0" * 1024)
-        assert default_quant(folder) == expected

@@ -111,7 +111,21 @@ def show_training(trained) -> None:
         say("gradient checkpointing: on (one row did not fit the memory budget without it)")
 
 
+def show_quant_choice(choice) -> None:
+    """The candidates side by side: what each costs in size and in tool-call F1 against f16."""
+    table = Table(title=f"quantisation: {choice.cases} held-out cases, f16 tool F1 {_cell(choice.reference_f1)}")
+    for column in ("type", "MB", "tool F1", "same replies as f16", "chosen"):
+        table.add_column(column)
+    for candidate in choice.candidates:
+        scored = candidate.path is not None
+        table.add_row(candidate.label, f"{candidate.size_bytes / 1e6:.1f}", _cell(candidate.tool_f1) if scored else "over budget",
+                      _cell(candidate.identical) if scored else "", "✓" if candidate is choice.chosen else "")
+    console.print(table)
+
+
 def show_export(result) -> None:
+    if result.choice:
+        show_quant_choice(result.choice)
     for parity in result.parity:
         say(f"parity {Path(parity.gguf).name}: argmax agreement {parity.argmax_agreement:.3f}, "
             f"max logit diff {parity.max_logit_diff:.4f}, greedy equal {parity.greedy_equal}/{parity.greedy_total}")

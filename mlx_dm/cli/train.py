@@ -32,6 +32,13 @@ MAX_SEQ_LENGTH_OPTION = typer.Option(None, "--max-seq-length", min=32, help="Tok
 LORA_RANK_OPTION = typer.Option(None, "--lora-rank", min=1, help="LoRA rank (alpha scales with it, train.lora_alpha).")
 SEED_OPTION = typer.Option(None, "--seed", help="Seed for LoRA initialisation, data order and dropout.")
 RESUME_OPTION = typer.Option(None, "--resume/--no-resume", help="Continue an unfinished run with the same config and data (default: when one exists).")
+QUANT_OPTION = typer.Option(None, "--quant", help="GGUF type, forced (Q4_K_M, Q5_K_M, Q8_0, ...); default export.quant = auto: the smallest candidate within 2 F1 points of f16 on held-out cases.")
+SIZE_BUDGET_OPTION = typer.Option(None, "--size-budget", min=0.0, help="Largest GGUF in GB (0: no limit; default export.size_budget_gb, 2.0); a K type over it gets a smaller per-tensor mix.")
+IMATRIX_OPTION = typer.Option(None, "--imatrix/--no-imatrix", help="Quantise with an importance matrix of the training scenarios (default: export.imatrix, on).")
+
+
+def _export_flags(quant, size_budget, imatrix) -> dict:
+    return {"quant": quant, "size_budget_gb": size_budget, "imatrix": imatrix}
 
 
 def _train_flags(epochs, max_steps, batch_size, learning_rate, max_seq_length, lora_rank, seed) -> dict:
@@ -60,10 +67,10 @@ def train_command(
 def export_command(
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A run's adapters/ folder (default: the newest run)."),
     base: Optional[str] = typer.Option(None, "--base", help="Base model the adapter was trained on (default: from the run)."),
-    quant: Optional[str] = typer.Option(None, "--quant", help="Q4_K_M (Gemma 3n default), Q8_0 (default under 1B parameters), Q5_K_M, Q4_0, IQ4_XS, F16, ..."),
+    quant: Optional[str] = QUANT_OPTION, size_budget: Optional[float] = SIZE_BUDGET_OPTION,
+    imatrix: Optional[bool] = IMATRIX_OPTION,
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length the app will use."),
     vision: bool = VISION_OPTION,
-    size_budget: float = typer.Option(2.0, "--size-budget", help="Largest GGUF in GB (0: no limit); Q4_K_M over it gets a smaller per-tensor mix."),
     target: str = typer.Option("gguf", "--target", help="gguf (llama.cpp: llama.rn, Cactus 0.2) or cactus (a Cactus 1.x bundle made by `cactus convert` of cactus-compute, installed apart)."),
     cactus_bits: int = typer.Option(4, "--cactus-bits", min=1, max=4, help="Bits of the Cactus bundle's weights (--target cactus)."),
     cactus_weights_only: bool = typer.Option(False, "--cactus-weights-only", help="Stop `cactus convert` after the weights (its graph step needs the Cactus engine library, which PyPI's package lacks)."),
@@ -72,7 +79,8 @@ def export_command(
     """Fuse the adapter, convert with llama.cpp, quantise, check, and place the GGUF in assets/models (or, with --target cactus, a Cactus 1.x bundle)."""
     if target not in ("gguf", "cactus"):
         raise ConfigError(f"--target {target} is not a target", "use --target gguf (the default) or --target cactus")
-    where = project_of(project, validate={"n_ctx": n_ctx}, model={"vision": vision or None})
+    where = project_of(project, validate={"n_ctx": n_ctx}, model={"vision": vision or None},
+                       export=_export_flags(quant, size_budget, imatrix))
     adapter_dir = adapter or where.latest_adapter()
     base_model = where.base_of_adapter(adapter_dir, base)
     config = where.config.override("the adapter's base", model={"base_model": base_model})
@@ -84,7 +92,7 @@ def export_command(
                       f"1.x: {bundle.snippet}; cactus convert's output: {bundle.log}. Not validated here: "
                       "mlx-dm has no Cactus runtime to load it with")
         return
-    exported = run_export(where, base_path, adapter_dir, reporter, quant, n_ctx, size_budget)
+    exported = run_export(where, base_path, adapter_dir, reporter, n_ctx)
     validate_and_promote(where, exported.placed, adapter_dir, base_path,
                          adapter_dir.parent / f"validation-{exported.placed.version}", reporter)
 
@@ -104,7 +112,8 @@ def run_command(
     max_steps: Optional[int] = MAX_STEPS_OPTION, batch_size: Optional[int] = BATCH_SIZE_OPTION,
     learning_rate: Optional[float] = LEARNING_RATE_OPTION, max_seq_length: Optional[int] = MAX_SEQ_LENGTH_OPTION,
     lora_rank: Optional[int] = LORA_RANK_OPTION, seed: Optional[int] = SEED_OPTION, resume: Optional[bool] = RESUME_OPTION,
-    quant: Optional[str] = typer.Option(None, "--quant", help="GGUF type (default: Q4_K_M for Gemma 3n, Q8_0 under 1B parameters)."),
+    quant: Optional[str] = QUANT_OPTION, size_budget: Optional[float] = SIZE_BUDGET_OPTION,
+    imatrix: Optional[bool] = IMATRIX_OPTION,
     n_ctx: int = typer.Option(2048, "--n-ctx", help="Context length written to the Cactus config and used by validation."),
     validate_only: bool = typer.Option(False, "--validate-only", help="Validate the data and the current model; no training."),
     incremental: Optional[bool] = typer.Option(None, "--incremental/--full", help="Continue from the app's model on the new scenarios plus a replay of the old (default: when scenarios were only added)."),
@@ -115,7 +124,8 @@ def run_command(
     """The whole job: scenarios → dataset → LoRA training → GGUF in assets/models with the Cactus config."""
     where = project_of(project, dev, train=_train_flags(epochs, max_steps, batch_size, learning_rate, max_seq_length,
                                                         lora_rank, seed),
-                       model={"base_model": base, "vision": vision or None}, validate={"n_ctx": n_ctx})
+                       model={"base_model": base, "vision": vision or None}, validate={"n_ctx": n_ctx},
+                       export=_export_flags(quant, size_budget, imatrix))
     _show_configuration(where.config)
-    run(where, RunOptions(resume, incremental, force, quant, n_ctx, validate_only), hardware(), RichReporter(RUN_HEADLINES))
+    run(where, RunOptions(resume, incremental, force, n_ctx, validate_only), hardware(), RichReporter(RUN_HEADLINES))
 

@@ -1,4 +1,4 @@
-"""HF checkpoint → f16 GGUF (llama.cpp's own converter) → quantised GGUF (in-process, llama_cpp).
+"""HF checkpoint → f16 GGUF (llama.cpp's own converter) → quantised GGUF (llama.cpp's llama-quantize).
 
 The converter comes from the llama-cpp-python sdist of exactly the version we install, with its
 own gguf-py (llama/source.py; a different PyPI `gguf` fails to convert Gemma 3n). It runs as a
@@ -7,16 +7,16 @@ subprocess so its imports never mix with ours.
 
 from __future__ import annotations
 
-import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from ..errors import ExportError
-from ..llama.runtime import quiet_llama_logs
 from ..llama.source import converter_dir
+from ..llama.tools import run_tool
 from ..files import atomic_path
 
 QUANT_TYPES = {
@@ -26,8 +26,11 @@ QUANT_TYPES = {
 
 
 def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file: Path | None = None,
-                    mmproj: bool = False) -> Path:
-    """Run llama.cpp's convert_hf_to_gguf.py (``mmproj``: its projector mode); writes ``out_file`` atomically."""
+                    mmproj: bool = False, model_name: str | None = None) -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py (``mmproj``: its projector mode); writes ``out_file`` atomically.
+
+    ``model_name`` becomes the file's general.name (the converter's own guess is the folder's
+    name, "Fused"); quantising keeps it."""
     script = converter_dir() / "convert_hf_to_gguf.py"
     out_file = Path(out_file)
     needed = sum(p.stat().st_size for p in Path(hf_dir).glob("*.safetensors"))
@@ -36,7 +39,7 @@ def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file
     env.pop("NO_LOCAL_GGUF", None)  # the converter must use its own gguf-py
     with atomic_path(out_file) as tmp:
         result = subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype]
-                                + (["--mmproj"] if mmproj else []), capture_output=True, text=True, env=env)
+                                + (["--mmproj"] if mmproj else []) + (["--model-name", model_name] if model_name else []), capture_output=True, text=True, env=env)
         if log_file:
             Path(log_file).write_text(result.stdout + result.stderr)
         if result.returncode != 0:
@@ -100,46 +103,66 @@ def convert_mmproj(hf_dir: Path, out_file: Path, log_file: Path | None = None) -
         return convert_to_gguf(view, out_file, "f16", log_file=log_file, mmproj=True)
 
 
-def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int = 0,
-             tensor_types: dict[str, str] | None = None) -> Path:
-    """Quantise in-process with llama_cpp.llama_model_quantize; writes ``out_file`` atomically.
-
-    ``tensor_types`` maps a tensor-name regex to a ggml type name (as llama-quantize's
-    --tensor-type), e.g. {"per_layer_token_embd": "Q2_K"}.
-    """
-    import llama_cpp
-    from gguf import GGMLQuantizationType
-
+def check_quant(quant: str) -> str:
     quant = quant.upper()
     if quant not in QUANT_TYPES:
         raise ExportError(f"unknown quantisation type {quant}", f"choose one of {', '.join(QUANT_TYPES)}")
+    return quant
+
+
+def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int = 0,
+             tensor_types: dict[str, str] | None = None, imatrix: Path | None = None) -> Path:
+    """Quantise ``in_file`` to ``quant``; writes ``out_file`` atomically.
+
+    ``tensor_types`` maps a tensor-name regex to a ggml type name (as llama-quantize's
+    --tensor-type), e.g. {"per_layer_token_embd": "Q2_K"}. ``imatrix`` (an importance matrix from
+    llama-imatrix) weighs each weight column by the activations it saw. llama.cpp's own
+    llama-quantize does the work (llama/tools.py): the library's llama_model_quantize takes the
+    matrix as a C++ map, which Python cannot hand it.
+    """
+    quant = check_quant(quant)
+    for type_name in (tensor_types or {}).values():
+        _ggml_type(type_name)
     ensure_disk(Path(out_file).parent, Path(in_file).stat().st_size * 0.6)
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[quant]
-    params.nthread = threads or (os.cpu_count() or 1)
-    keep_alive = []
-    if tensor_types:
-        overrides = (llama_cpp.llama_model_tensor_override * (len(tensor_types) + 1))()
-        for index, (pattern, type_name) in enumerate(tensor_types.items()):
-            try:
-                ggml_type = GGMLQuantizationType[type_name.upper()]
-            except KeyError:
-                raise ExportError(f"unknown tensor type {type_name} for '{pattern}'",
-                                  f"use a ggml type name such as Q2_K, Q3_K, Q4_K, Q6_K, Q8_0, F16") from None
-            encoded = pattern.encode()
-            keep_alive.append(encoded)
-            overrides[index].pattern = encoded
-            overrides[index].type = int(ggml_type)
-        overrides[len(tensor_types)].pattern = None
-        params.tt_overrides = ctypes.cast(overrides, ctypes.POINTER(llama_cpp.llama_model_tensor_override))
-        keep_alive.append(overrides)
+    threads = threads or (os.cpu_count() or 1)
     with atomic_path(Path(out_file)) as tmp:
-        with quiet_llama_logs():
-            code = llama_cpp.llama_model_quantize(str(in_file).encode(), str(tmp).encode(), params)
+        args = _tensor_type_args(tensor_types) + (["--imatrix", str(imatrix)] if imatrix else [])
+        code, tail = run_tool("llama-quantize", [*args, str(in_file), str(tmp), quant, str(threads)],
+                              Path(out_file).with_suffix(".quantize.log"))
         if code != 0:
-            raise ExportError(f"llama.cpp could not quantise {in_file} to {quant} (code {code})",
+            raise ExportError(f"llama.cpp could not quantise {in_file} to {quant} (exit {code}):\n{tail}",
                               "try another type with --quant (e.g. Q8_0), and check the f16 GGUF loads")
     return Path(out_file)
+
+
+def estimated_size(in_file: Path, quant: str, tensor_types: dict[str, str] | None = None) -> int:
+    """Bytes of ``in_file`` quantised to ``quant`` with ``tensor_types``, from llama-quantize --dry-run
+    (it sizes every tensor without writing one): the tensors' new size plus the unchanged metadata."""
+    args = _tensor_type_args(tensor_types)
+    log = Path(in_file).with_name(f".{Path(in_file).name}.dry-run.log")
+    code, tail = run_tool("llama-quantize", ["--dry-run", *args, str(in_file), check_quant(quant)], log)
+    text = log.read_text(errors="replace")
+    log.unlink(missing_ok=True)
+    found = {key: float(value) for key, value in re.findall(r"(model|quant) size\s*=\s*([0-9.]+) MiB", text)}
+    if code != 0 or set(found) != {"model", "quant"}:
+        raise ExportError(f"llama-quantize --dry-run could not size {in_file} as {quant}:\n{tail}",
+                          "check the f16 GGUF loads (`mlx-dm chat --model` on it)")
+    return int(Path(in_file).stat().st_size + (found["quant"] - found["model"]) * 2**20)
+
+
+def _tensor_type_args(tensor_types: dict[str, str] | None) -> list[str]:
+    return [item for pattern, type_name in (tensor_types or {}).items()
+            for item in ("--tensor-type", f"{pattern}={type_name.lower()}")]
+
+
+def _ggml_type(type_name: str) -> int:
+    from gguf import GGMLQuantizationType
+
+    try:
+        return int(GGMLQuantizationType[type_name.upper()])
+    except KeyError:
+        raise ExportError(f"unknown tensor type {type_name}",
+                          "use a ggml type name such as Q2_K, Q3_K, Q4_K, Q6_K, Q8_0, F16") from None
 
 
 def ensure_disk(folder: Path, needed_bytes: float) -> None:

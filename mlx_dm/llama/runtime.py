@@ -35,6 +35,3 @@ def captured_llama_logs(lines: list[str] | None = None):
         mtmd_cpp.mtmd_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
-def quiet_llama_logs():
-    """llama.cpp prints a line per tensor while quantising; keep the console readable."""
-    return captured_llama_logs(None)

@@ -6,22 +6,35 @@ from pathlib import Path
 
 from ..data.render import STOP_WORDS
 from ..export.cactus import CactusBundle, export_cactus
-from ..export.pipeline import ExportResult, ExportSpec, export_model, fused_checkpoint
+from ..evaluate.cases import independent_cases, select_cases, validation_cases
+from ..export.pipeline import ExportResult, ExportSpec, QuantSettings, export_model, fused_checkpoint
+from ..registry import planned_version
 from .project import Project
 from .reporter import Reporter
-from .settings import default_quant, model_name
+from .settings import model_name
+from .validate import tool_vocabulary
 
 
-def run_export(project: Project, base_path: Path, adapter: Path, reporter: Reporter, quant: str | None = None,
-               n_ctx: int = 2048, size_budget_gb: float = 2.0) -> ExportResult:
-    """Export `adapter` (trained on `base_path`) into the run folder it came from, and store it as a version."""
-    config = project.config
-    run_dir = Path(adapter).parent
-    spec = ExportSpec(base_path, adapter, run_dir / "export", project.root, project.dataset_dir,
-                      model_name(config.model.base_model), config.model.base_model, run_dir.name,
-                      quant or default_quant(base_path), n_ctx, config.model.vision,
-                      size_budget_gb * 1e9 if size_budget_gb > 0 else None)
-    result = export_model(spec, say=lambda text: reporter.stage("export", text, run_dir))
+def run_export(project: Project, base_path: Path, adapter: Path, reporter: Reporter, n_ctx: int = 2048) -> ExportResult:
+    """Export `adapter` (trained on `base_path`) into the run folder it came from, and store it as a
+    version; the quantisation as [export] says (chosen by measurement on held-out cases by default)."""
+    config, run_dir = project.config, Path(adapter).parent
+    name = model_name(config.model.base_model)
+    settings = config.export
+    cases = []
+    if settings.quant.lower() == "auto":
+        cases = select_cases(validation_cases(project.dataset_dir) + independent_cases(), settings.choice_cases)
+    quant = QuantSettings(settings.quant, settings.size_budget_gb * 1e9 if settings.size_budget_gb > 0 else None,
+                          settings.imatrix, settings.imatrix_chunks, tuple(settings.candidates), settings.max_drift,
+                          settings.choice_max_tokens)
+    spec = ExportSpec(base_path, adapter, run_dir / "export", project.root, project.dataset_dir, name,
+                      config.model.base_model, run_dir.name, planned_version(project.root, name, run_dir.name),
+                      quant, n_ctx, config.model.vision, tuple(cases), frozenset(tool_vocabulary(project)))
+    try:
+        result = export_model(spec, lambda text: reporter.stage("export", text, run_dir),
+                              lambda label, done, total: reporter.progress("quantisation", label, done, total))
+    finally:
+        reporter.finished("quantisation")
     reporter.result("export", result)
     return result
 

@@ -29,7 +29,6 @@ class RunOptions:
     resume: bool | None = None  # None: resume what can be resumed; False: train anew
     incremental: bool | None = None  # None: when scenarios were only added
     force: bool = False  # train even when no scenario changed
-    quant: str | None = None  # None: the base's default (settings.default_quant)
     n_ctx: int = 2048
     validate_only: bool = False
 
@@ -65,7 +64,7 @@ def run(project: Project, options: RunOptions, hardware: Hardware, reporter: Rep
         reporter.stage("train", f"on {base_path}")
         adapter = run_training(plan.config, plan.dataset_dir, base_path, options.resume, hardware, reporter).result.adapter_dir
     if resumed is None or resumed.stage == "export":
-        placed = run_export(project, base_path, adapter, reporter, options.quant, options.n_ctx).placed
+        placed = run_export(project, base_path, adapter, reporter, options.n_ctx).placed
     else:
         placed = placed_from_entry(resumed.version)
         reporter.note(f"export done earlier: {placed.version} ({placed.gguf_path})")

@@ -1,16 +1,16 @@
 """Settings resolved once: hardware profile < mlx-dm.toml < flags < the dev profile; and the
-decisions that follow from the base model (memory savings, quantisation type, the model's name)."""
+decisions that follow from the base model (memory savings, the model's name)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..config import Config, explicit_settings, load_config
-from ..hardware import Hardware, checkpoint_bytes, fits_without_savings
+from ..hardware import Hardware, fits_without_savings
 from ..model.hub import GEMMA3_270M, TINY_BASES
 
 # The tiny model on a 2-core CPU in minutes: short rows, a capped number of steps.
+DEV_CANDIDATES = ["Q4_K_M", "Q8_0"]
 DEV_PROFILE = {"max_seq_length": 256, "max_steps": 24, "epochs": 1, "batch_size": 2, "learning_rate": 1e-3}
 
 
@@ -33,12 +33,15 @@ def dev_profile(config: Config, explicit_train: dict) -> Config:
 
 def dev_validation(config: Config) -> Config:
     """Scores without quality thresholds on a short, balanced set of cases (MLX decodes the tiny
-    model at ~15 tokens/s on 2 CPU cores; the GGUF at ~600)."""
+    model at ~15 tokens/s on 2 CPU cores; the GGUF at ~600), and a short quantisation choice: the
+    tiny model's random weights make its scores noise, so two candidates show the route."""
     return config.override("the dev profile", validate={
         "quality_thresholds": False, "max_tokens": min(config.validate.max_tokens, 32),
         "max_cases": config.validate.max_cases or 12},
         playtest={"thresholds": False, "turns": min(config.playtest.turns, 4),
-                  "max_tokens": min(config.playtest.max_tokens, 48)})
+                  "max_tokens": min(config.playtest.max_tokens, 48)},
+        export={"imatrix_chunks": min(config.export.imatrix_chunks, 8), "choice_cases": min(config.export.choice_cases, 8),
+                "choice_max_tokens": min(config.export.choice_max_tokens, 32), "candidates": DEV_CANDIDATES})
 
 
 def settle_memory_savings(config: Config, base_path: Path, hardware: Hardware) -> Config:
@@ -53,15 +56,6 @@ def settle_memory_savings(config: Config, base_path: Path, hardware: Hardware) -
         "memory settings for a small base",
         model={"quantize_base": None if "model.quantize_base" in chosen else False},
         train={"grad_checkpoint": None if "train.grad_checkpoint" in chosen else False})
-
-
-def default_quant(base_path: Path) -> str:
-    """Q4_K_M for Gemma 3n (what fits the phone budget). Q8_0 for small Gemma 3 models: on the real
-    Gemma 3 270M, Q4_K_M lost 21 points of tool-call F1 against the tuned model and Q8_0 one
-    (docs/real-model/), for 292 MB instead of 253."""
-    config = json.loads((Path(base_path) / "config.json").read_text())
-    small = checkpoint_bytes(base_path) < 2e9 * (2 if config.get("torch_dtype") == "float32" else 1)
-    return "Q8_0" if config.get("model_type") != "gemma3n" and small else "Q4_K_M"
 
 
 def model_name(base_model: str) -> str:

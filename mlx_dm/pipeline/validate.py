@@ -33,6 +33,13 @@ def _training_texts(dataset_dir: Path) -> list[str]:
             for m in json.loads(line)["messages"] if m["role"] == "assistant"]
 
 
+def tool_vocabulary(project: Project) -> set[str]:
+    """The tool names a reply may call: the data's, the dice tools and the app's agent's."""
+    vocabulary_file = project.dataset_dir / "vocabulary.json"
+    vocabulary = set(json.loads(vocabulary_file.read_text())) if vocabulary_file.exists() else set()
+    return vocabulary | set(DICE_TOOLS) | {t.lower() for t in project.config.data.agent_tools}
+
+
 def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_path: Path | None, out_dir: Path,
                   reporter: Reporter, previous: Path | None = None) -> tuple[ValidationReport, Path]:
     """Score and check `gguf`; the report (written to `out_dir`) and its path. Raises nothing: see `decide`."""
@@ -44,9 +51,7 @@ def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_p
         cases += own
         for path in left_out:
             reporter.note(f"{path} is in the training data too: left out of the cases")
-    vocabulary_file = dataset_dir / "vocabulary.json"
-    vocabulary = set(json.loads(vocabulary_file.read_text())) if vocabulary_file.exists() else set()
-    vocabulary |= set(DICE_TOOLS) | {t.lower() for t in config.data.agent_tools}
+    vocabulary = tool_vocabulary(project)
     backends = []
     if adapter_dir is not None and base_path is not None:
         backends.append((TUNED_MLX, lambda: MlxBackend(base_path, adapter_dir)))

@@ -1,0 +1,146 @@
+"""Choose the quantisation by measurement, under the phone's size budget.
+
+Size alone does not say what a type costs: on the real Gemma 3 270M, stock Q4_K_M lost 21 points of
+tool-call F1 against the f16 file and Q5_K_M two. So every candidate type that fits the budget
+(sized first by llama-quantize --dry-run, which writes nothing) is quantised with the export's
+importance matrix, replies greedily in llama.cpp to the same held-out cases as the f16 file, and
+the smallest one within `max_drift` of the f16 file's tool-call F1 is kept; when none is, the best
+one found. Identical replies (to the f16 file's) are reported beside F1: they show drift that the
+calls alone do not.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..evaluate.cases import EvalCase
+from ..evaluate.validate import evaluate_backend
+from ..inference import GgufBackend
+from .gguf import estimated_size, quantize
+
+# Applied to a K type whose stock mix is over the size budget (E2B: Q4_K_M is 3.31 GB stock).
+# Chosen with benchmarks/export_size.py on the E2B-shaped model; the per-layer embeddings (2B of
+# E2B's 4.5B parameters, Q6_K in the stock mix) carry most of the saving.
+BUDGET_MIX = {"per_layer_token_embd": "Q2_K", r"^token_embd": "Q2_K", r"ffn_down": "Q4_K"}
+K_TYPES = ("Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K")
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Candidate:
+    quant: str
+    tensor_types: dict[str, str] | None
+    size_bytes: int
+    path: Path | None = None  # None: not written (over the budget)
+    tool_f1: float | None = None
+    identical: float | None = None  # share of replies equal to the f16 file's
+    seconds: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return self.quant + (" budget mix" if self.tensor_types else "")
+
+    @property
+    def file_stem(self) -> str:
+        return self.quant + ("-budget" if self.tensor_types else "")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "path": str(self.path) if self.path else None, "label": self.label}
+
+
+@dataclass
+class QuantChoice:
+    reference_f1: float | None  # the f16 file's
+    reference_seconds: float
+    candidates: list[Candidate]
+    chosen: Candidate
+    reason: str
+    cases: int
+    max_drift: float
+    imatrix: str | None  # the matrix every candidate was quantised with, or None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k not in ("candidates", "chosen")},
+                "candidates": [c.to_dict() for c in self.candidates], "chosen": self.chosen.to_dict()}
+
+
+def plan_candidates(f16: Path, types: list[str], budget: float | None) -> list[Candidate]:
+    """Each type as llama-quantize would write it: stock, or with BUDGET_MIX when stock is over the
+    budget (K types only); sized without writing. Those still over the budget are kept, unwritten,
+    for the report's frontier."""
+    planned = []
+    for quant in dict.fromkeys(t.upper() for t in types):
+        candidate = Candidate(quant, None, estimated_size(f16, quant))
+        if budget and candidate.size_bytes > budget and quant in K_TYPES:
+            candidate = Candidate(quant, dict(BUDGET_MIX), estimated_size(f16, quant, BUDGET_MIX))
+        planned.append(candidate)
+    return sorted(planned, key=lambda c: c.size_bytes)
+
+
+def reply_to_cases(path: Path, cases: list[EvalCase], vocabulary: set[str], max_tokens: int, n_ctx: int,
+                   label: str, progress: Progress | None):
+    backend = GgufBackend(path, n_ctx=n_ctx)
+    try:
+        return evaluate_backend(label, backend, cases, vocabulary, max_tokens, progress)
+    finally:
+        backend.llm.close()
+
+
+def pick(candidates: list[Candidate], reference_f1: float, max_drift: float) -> tuple[Candidate, str]:
+    """The smallest scored candidate within `max_drift` of the reference, else the best (then smallest)."""
+    scored = [c for c in candidates if c.path is not None]
+    within = [c for c in scored if reference_f1 - (c.tool_f1 or 0.0) <= max_drift + 1e-9]
+    if within:
+        chosen = min(within, key=lambda c: c.size_bytes)
+        return chosen, (f"the smallest file within {max_drift * 100:.0f} F1 points of f16 "
+                        f"({(chosen.tool_f1 or 0) * 100:.1f} vs {reference_f1 * 100:.1f})")
+    chosen = max(scored, key=lambda c: ((c.tool_f1 or 0.0), -c.size_bytes))
+    return chosen, (f"no candidate came within {max_drift * 100:.0f} F1 points of f16 ({reference_f1 * 100:.1f}): "
+                    f"the best one found ({(chosen.tool_f1 or 0) * 100:.1f})")
+
+
+def choose_quant(f16: Path, work_dir: Path, stem: str, types: list[str], budget: float | None,
+                 imatrix: Path | None, cases: list[EvalCase], vocabulary: set[str], max_drift: float,
+                 max_tokens: int, n_ctx: int, make: Callable[[Path, str, Callable[[], Path]], Path],
+                 progress: Progress | None = None) -> QuantChoice:
+    """Quantise and score the candidates that fit; `make(path, what, build)` writes one file (the
+    export's resumable step, so a resumed export reuses the files it already made)."""
+    planned = plan_candidates(f16, types, budget)
+    fitting = [c for c in planned if not budget or c.size_bytes <= budget]
+    if not fitting:
+        smallest = planned[0]
+        raise_over_budget(smallest, budget)
+    if not cases:  # nothing to measure on: the most faithful type that fits
+        fitting = fitting[-1:]
+    reference = reply_to_cases(f16, cases, vocabulary, max_tokens, n_ctx, "f16", progress)
+    reference_f1 = reference.overall["tool_f1"] or 0.0
+    for candidate in fitting:
+        target = work_dir / f"{stem}-{candidate.file_stem}.gguf"
+        candidate.path = make(target, f"quantising to {candidate.label}" + (" with the importance matrix" if imatrix else ""),
+                              lambda c=candidate, t=target: quantize(f16, t, c.quant, tensor_types=c.tensor_types,
+                                                                     imatrix=imatrix))
+        candidate.size_bytes = candidate.path.stat().st_size
+        start = time.perf_counter()
+        evaluation = reply_to_cases(candidate.path, cases, vocabulary, max_tokens, n_ctx, candidate.label, progress)
+        candidate.seconds = time.perf_counter() - start
+        candidate.tool_f1 = evaluation.overall["tool_f1"] or 0.0
+        candidate.identical = sum(a.output == b.output for a, b in zip(evaluation.scores, reference.scores)) / max(len(cases), 1)
+    chosen, reason = pick(fitting, reference_f1, max_drift)
+    if not cases:
+        reason = "no held-out cases to measure on: the largest candidate that fits"
+    return QuantChoice(reference_f1, reference.seconds, planned, chosen, reason, len(cases), max_drift,
+                       str(imatrix) if imatrix else None)
+
+
+def raise_over_budget(smallest: Candidate, budget: float) -> None:
+    from ..errors import ExportError
+
+    raise ExportError(f"no candidate fits the {budget / 1e9:.2f} GB budget: the smallest, {smallest.label}, "
+                      f"is {smallest.size_bytes / 1e9:.2f} GB",
+                      "use a smaller base (E2B rather than E4B), add a smaller type to [export] candidates, "
+                      "or raise --size-budget")

@@ -1,0 +1,113 @@
+"""Quantisation: llama.cpp's own tools built from the pinned sdist, the importance matrix from the
+training scenarios, sizes known before writing, and the choice under the budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from gguf import GGUFReader
+
+from mlx_dm.data.render import BOS
+from mlx_dm.data.starter import STARTER_DIR
+from mlx_dm.errors import ExportError
+from mlx_dm.export.choose import BUDGET_MIX, Candidate, pick, plan_candidates
+from mlx_dm.export.gguf import convert_to_gguf, estimated_size, gguf_metadata, quantize
+from mlx_dm.export.imatrix import calibration_text, compute_imatrix
+from mlx_dm.llama.tools import TOOLS, llama_tool, tools_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_f16(tmp_path_factory) -> Path:
+    from mlx_dm.model.tiny import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("quantise")
+    base = build_tiny_model(folder / "tiny", STARTER_DIR)
+    return convert_to_gguf(base, folder / "tiny-f16.gguf", "f16", model_name="dm-tiny v3")
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny_f16) -> str:
+    return "\n".join(path.read_text() for path in sorted(STARTER_DIR.rglob("*.md"))[:12])
+
+
+def test_the_tools_are_built_once_into_the_cache_for_this_build():
+    for name in TOOLS:
+        path = llama_tool(name)
+        assert path.is_file() and path.parent == tools_dir()
+    assert llama_tool("llama-quantize").stat().st_mtime == (tools_dir() / "llama-quantize").stat().st_mtime
+    with pytest.raises(ValueError):
+        llama_tool("llama-server")
+
+
+def test_general_name_is_the_models_own(tiny_f16, tmp_path):
+    assert gguf_metadata(tiny_f16)["general.name"] == "dm-tiny v3"  # the converter's own guess was "Fused"
+    out = quantize(tiny_f16, tmp_path / "q8.gguf", "Q8_0")
+    assert gguf_metadata(out)["general.name"] == "dm-tiny v3"
+
+
+def test_the_importance_matrix_changes_how_weights_are_rounded(tiny_f16, calibration, tmp_path):
+    """Without the matrix reaching llama-quantize the two files would be identical."""
+    matrix = compute_imatrix(tiny_f16, calibration, tmp_path / "imatrix.gguf", chunks=4, n_ctx=256)
+    assert matrix.stat().st_size > 0 and not list(tmp_path.glob(".*partial"))
+    plain = quantize(tiny_f16, tmp_path / "plain.gguf", "Q4_K_M")
+    weighted = quantize(tiny_f16, tmp_path / "weighted.gguf", "Q4_K_M", imatrix=matrix)
+    meta = gguf_metadata(weighted)
+    assert meta["quantize.imatrix.chunks_count"] >= 4 and meta["quantize.imatrix.entries_count"] > 100
+    assert "quantize.imatrix.file" not in gguf_metadata(plain)
+    plain_tensors, weighted_tensors = (GGUFReader(str(path)).tensors for path in (plain, weighted))
+    assert [(t.name, t.tensor_type) for t in plain_tensors] == [(t.name, t.tensor_type) for t in weighted_tensors]
+    rounded_otherwise = [t.name for t, u in zip(plain_tensors, weighted_tensors) if bytes(t.data) != bytes(u.data)]
+    assert any(name.endswith("ffn_down.weight") for name in rounded_otherwise), rounded_otherwise
+
+
+def test_short_calibration_text_is_repeated_to_two_chunks(tiny_f16, tmp_path):
+    matrix = compute_imatrix(tiny_f16, "The goblin snarls. [roll: perception]", tmp_path / "short.gguf", chunks=2)
+    assert matrix.stat().st_size > 0
+
+
+def test_dry_run_sizes_match_the_written_files(tiny_f16, tmp_path):
+    for quant, types in (("Q4_K_M", None), ("Q8_0", None), ("Q4_K_M", BUDGET_MIX)):
+        predicted = estimated_size(tiny_f16, quant, types)
+        written = quantize(tiny_f16, tmp_path / f"{quant}-{bool(types)}.gguf", quant, tensor_types=types).stat().st_size
+        assert abs(predicted - written) / written < 0.01, (quant, types, predicted, written)
+
+
+def test_plan_applies_the_budget_mix_to_k_types_only(tiny_f16):
+    stock = {c.quant: c.size_bytes for c in plan_candidates(tiny_f16, ["Q4_K_M", "Q8_0"], None)}
+    budget = stock["Q4_K_M"] - 1
+    planned = {c.quant: c for c in plan_candidates(tiny_f16, ["q4_k_m", "Q8_0", "Q4_K_M"], budget)}
+    assert sorted(planned) == ["Q4_K_M", "Q8_0"]  # names normalised, duplicates dropped
+    assert planned["Q4_K_M"].tensor_types == BUDGET_MIX and planned["Q4_K_M"].size_bytes < budget
+    assert planned["Q8_0"].tensor_types is None and planned["Q8_0"].size_bytes > budget  # kept, unwritten, for the report
+
+
+def test_quantize_names_a_bad_tensor_type(tiny_f16, tmp_path):
+    with pytest.raises(ExportError, match="unknown tensor type"):
+        quantize(tiny_f16, tmp_path / "bad.gguf", "Q4_K_M", tensor_types={"x": "Q9"})
+
+
+def _scored(quant: str, size: int, f1: float) -> Candidate:
+    return Candidate(quant, None, size, path=Path(f"{quant}.gguf"), tool_f1=f1)
+
+
+def test_pick_keeps_the_smallest_within_the_drift_else_the_best():
+    candidates = [_scored("Q3_K_M", 100, 0.60), _scored("Q4_K_M", 120, 0.745), _scored("Q5_K_M", 140, 0.76),
+                  Candidate("Q8_0", None, 300)]  # over the budget: never picked
+    chosen, reason = pick(candidates, 0.765, 0.02)
+    assert chosen.quant == "Q4_K_M" and "smallest file within 2 F1 points" in reason
+    chosen, reason = pick(candidates, 0.90, 0.02)
+    assert chosen.quant == "Q5_K_M" and "best one found" in reason
+    tied = [_scored("Q4_K_M", 120, 0.5), _scored("Q5_K_M", 140, 0.5)]
+    assert pick(tied, 0.9, 0.02)[0].quant == "Q4_K_M"
+
+
+def test_calibration_is_the_training_split_without_bos(tmp_path):
+    messages = [{"role": "user", "content": "I open the door."}, {"role": "assistant", "content": "It creaks. [roll: perception]"}]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps({"messages": messages}) for _ in range(2)) + "\n")
+    text = calibration_text(tmp_path)
+    assert BOS not in text and text.count("<start_of_turn>model\nIt creaks. [roll: perception]<end_of_turn>") == 2
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(ExportError, match="no training conversations"):
+        calibration_text(tmp_path)
