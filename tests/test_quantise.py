@@ -111,3 +111,18 @@ def test_calibration_is_the_training_split_without_bos(tmp_path):
     (tmp_path / "train.jsonl").write_text("")
     with pytest.raises(ExportError, match="no training conversations"):
         calibration_text(tmp_path)
+
+
+def test_without_cases_the_choice_is_the_largest_candidate_that_fits(tiny_f16, tmp_path):
+    """Nothing to measure on: one file, the most faithful that fits, and the report says why."""
+    from mlx_dm.export.choose import choose_quant
+
+    made = []
+
+    def make(path, what, build):
+        made.append(path.name)
+        return build()
+
+    choice = choose_quant(tiny_f16, tmp_path, "dm", ["Q4_K_M", "Q8_0"], None, None, [], set(), 0.02, 8, 256, make)
+    assert choice.chosen.quant == "Q8_0" and made == ["dm-Q8_0.gguf"] and "no held-out cases" in choice.reason
+    assert [c.quant for c in choice.candidates] == ["Q4_K_M", "Q8_0"] and choice.candidates[0].path is None
