@@ -49,6 +49,7 @@ def export(project_dir: Path, args):
     project = Project(resolve_settings(project_dir, None, export={
         "candidates": list(CANDIDATES), "choice_cases": args.cases, "choice_max_tokens": args.max_tokens}))
     adapter = project.latest_adapter()
+    project = Project(project.config.override("the adapter's base", model={"base_model": project.base_of_adapter(adapter)}))
     return project, run_export(project, project.base(), adapter, RichReporter())
 
 

@@ -114,7 +114,7 @@ class ExportConfig:
     quant: str = "auto"  # auto: the smallest candidate within max_drift of the f16 file; or a type, forced
     size_budget_gb: float = 2.0  # the largest GGUF the phone gets (0: no limit); over it, K types get the budget mix
     imatrix: bool = True  # an importance matrix from the training scenarios, for every quantisation
-    imatrix_chunks: int = 64  # of 512 tokens of rendered training conversations
+    imatrix_chunks: int = 64  # chunks of 512 tokens of the rendered training conversations that llama-imatrix reads
     candidates: list = field(default_factory=lambda: ["Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0"])
     max_drift: float = 0.02  # tool-call F1 a candidate may lose against the f16 file (2 points)
     choice_cases: int = 24  # held-out cases (validation split and independent set, balanced) each candidate replies to
