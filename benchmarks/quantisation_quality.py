@@ -56,6 +56,7 @@ def export(project_dir: Path, args):
 def stock_q4_k_m(project, result, args) -> dict:
     """Q4_K_M without the matrix, on the export's own cases: what the export did before."""
     from mlx_dm.evaluate.cases import independent_cases, select_cases, validation_cases
+    from mlx_dm.export.agreement import agreement, f16_reference
     from mlx_dm.export.choose import reply_to_cases
     from mlx_dm.export.gguf import quantize
     from mlx_dm.pipeline.validate import tool_vocabulary
@@ -70,8 +71,10 @@ def stock_q4_k_m(project, result, args) -> dict:
     reference = reply_to_cases(result.f16_gguf, cases, vocabulary, args.max_tokens, 2048, "f16", None)
     scored = reply_to_cases(target, cases, vocabulary, args.max_tokens, 2048, "stock Q4_K_M", None)
     identical = sum(a.output == b.output for a, b in zip(scored.scores, reference.scores)) / len(cases)
+    followed = agreement(target, f16_reference(result.f16_gguf, cases))
     return {"label": "Q4_K_M stock (no matrix)", "size_bytes": target.stat().st_size,
             "tool_f1": scored.overall["tool_f1"] or 0.0, "identical": identical, "seconds": scored.seconds,
+            "same_top1": followed.same_top1, "mean_kl": followed.mean_kl,
             "quantize_seconds": made, "f16_tool_f1_rerun": reference.overall["tool_f1"]}
 
 
@@ -79,7 +82,8 @@ def row_line(row: dict, reference: float) -> str:
     if row["tool_f1"] is None:
         return f"{row['label']:28}{row['size_bytes'] / 1e6:8.0f}{'over the budget':>30}"
     return (f"{row['label']:28}{row['size_bytes'] / 1e6:8.0f}{row['tool_f1']:9.3f}"
-            f"{(reference - row['tool_f1']) * 100:+8.1f}{row['identical']:13.0%}{row['seconds']:9.0f}")
+            f"{(reference - row['tool_f1']) * 100:+8.1f}{row['identical']:13.0%}{row['same_top1']:12.1%}"
+            f"{row['mean_kl']:9.4f}{row['seconds']:9.0f}")
 
 
 def main() -> int:
@@ -110,7 +114,7 @@ def main() -> int:
     rows = [c.to_dict() for c in choice.candidates] + [stock]
     print(f"\nf16: {result.sizes['f16_bytes'] / 1e6:.0f} MB, tool-call F1 {reference:.3f} on {choice.cases} cases "
           f"({choice.reference_seconds:.0f} s)")
-    print(f"{'file':28}{'MB':>8}{'tool F1':>9}{'drift':>8}{'same as f16':>13}{'seconds':>9}")
+    print(f"{'file':28}{'MB':>8}{'tool F1':>9}{'drift':>8}{'same as f16':>13}{'same top-1':>12}{'KL':>9}{'seconds':>9}")
     for row in rows:
         print(row_line(row, reference))
     weighted = next(c for c in choice.candidates if c.label == "Q4_K_M")
@@ -124,7 +128,9 @@ def main() -> int:
     for name in ("quantisation.png", "export-report.md"):
         shutil.copy(work / name, args.out / name)
     print(f"\ntrain {trained / 60:.1f} min, export {exported / 60:.1f} min; stock Q4_K_M drift "
-          f"{(reference - stock['tool_f1']) * 100:+.1f} points; report {args.out / 'quantisation.json'}")
+          f"{(reference - stock['tool_f1']) * 100:+.1f} points; the matrix moves Q4_K_M's KL from f16 "
+          f"{stock['mean_kl']:.4f} -> {weighted.mean_kl:.4f} and its same top-1 {stock['same_top1']:.1%} -> "
+          f"{weighted.same_top1:.1%}; report {args.out / 'quantisation.json'}")
     print(f"chosen: {choice.chosen.label} {choice.chosen.size_bytes / 1e6:.0f} MB, f1 drift "
           f"{(reference - (choice.chosen.tool_f1 or 0)) * 100:+.1f} points vs f16; q4_k_m+imatrix drift "
           f"{(reference - (weighted.tool_f1 or 0)) * 100:+.1f} points")

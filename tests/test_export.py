@@ -81,6 +81,8 @@ def test_run_chooses_the_quantisation_by_measurement_on_held_out_cases(exported)
     for candidate in choice["candidates"]:
         assert Path(candidate["path"]).is_file() and candidate["tool_f1"] is not None
         assert 0 <= candidate["identical"] <= 1 and candidate["size_bytes"] == Path(candidate["path"]).stat().st_size
+        assert 0 < candidate["same_top1"] <= 1 and candidate["mean_kl"] > -1e-3  # teacher-forced against f16
+    assert choice["forced_positions"] > 8
     assert choice["chosen"]["quant"] == report["quant"] and "F1 points of f16" in choice["reason"]
     said = " ".join(result.stdout.split())
     assert "quantisation: 8 held-out cases" in said and "chose " in said

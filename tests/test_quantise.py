@@ -12,7 +12,7 @@ from gguf import GGUFReader
 from mlx_dm.data.render import BOS
 from mlx_dm.data.starter import STARTER_DIR
 from mlx_dm.errors import ExportError
-from mlx_dm.export.choose import BUDGET_MIX, Candidate, pick, plan_candidates
+from mlx_dm.export.choose import BUDGET_MIX, Candidate, coarse_f1_notes, pick, plan_candidates
 from mlx_dm.export.gguf import convert_to_gguf, estimated_size, gguf_metadata, quantize
 from mlx_dm.export.imatrix import calibration_text, compute_imatrix
 from mlx_dm.llama.tools import TOOLS, llama_tool, tools_dir
@@ -126,3 +126,26 @@ def test_without_cases_the_choice_is_the_largest_candidate_that_fits(tiny_f16, t
     choice = choose_quant(tiny_f16, tmp_path, "dm", ["Q4_K_M", "Q8_0"], None, None, [], set(), 0.02, 8, 256, make)
     assert choice.chosen.quant == "Q8_0" and made == ["dm-Q8_0.gguf"] and "no held-out cases" in choice.reason
     assert [c.quant for c in choice.candidates] == ["Q4_K_M", "Q8_0"] and choice.candidates[0].path is None
+
+
+def test_teacher_forced_agreement_orders_the_types_by_what_they_keep(tiny_f16, tmp_path):
+    """f16 against itself agrees everywhere; Q8_0 stays closer to f16 than Q4_K_M does."""
+    from mlx_dm.evaluate.cases import independent_cases
+    from mlx_dm.export.agreement import agreement, f16_reference
+
+    reference = f16_reference(tiny_f16, independent_cases(), max_reply_tokens=16, max_cases=4)
+    assert len(reference.sequences) == 4 and all(len(ids) > start for ids, start in reference.sequences)
+    assert sum(p.shape[0] for p in reference.log_probs) == sum(len(ids) - start for ids, start in reference.sequences)
+    itself = agreement(tiny_f16, reference)
+    assert itself.same_top1 == 1.0 and abs(itself.mean_kl) < 1e-3 and itself.positions > 16
+    q8, q4 = (agreement(quantize(tiny_f16, tmp_path / f"{q}.gguf", q), reference) for q in ("Q8_0", "Q4_K_M"))
+    assert 0 < q8.mean_kl < q4.mean_kl and q4.same_top1 <= q8.same_top1 <= 1.0
+
+
+def test_a_note_says_when_f1_ranks_the_types_against_their_distance_from_f16():
+    close = Candidate("Q8_0", None, 300, path=Path("q8.gguf"), tool_f1=0.12, mean_kl=0.004)
+    far = Candidate("Q6_K", None, 280, path=Path("q6.gguf"), tool_f1=0.18, mean_kl=0.010)
+    (note,) = coarse_f1_notes([far, close], 0.02)
+    assert "Q8_0, closer to f16 (KL 0.0040), scored 12.0 against Q6_K's 18.0" in note and "choice_cases" in note
+    close.tool_f1 = 0.17
+    assert coarse_f1_notes([far, close], 0.02) == []  # within the tolerance: no contradiction

@@ -114,13 +114,16 @@ def show_training(trained) -> None:
 def show_quant_choice(choice) -> None:
     """The candidates side by side: what each costs in size and in tool-call F1 against f16."""
     table = Table(title=f"quantisation: {choice.cases} held-out cases, f16 tool F1 {_cell(choice.reference_f1)}")
-    for column in ("type", "MB", "tool F1", "same replies as f16", "chosen"):
+    for column in ("type", "MB", "tool F1", "same replies", "same top-1", "KL", "chosen"):
         table.add_column(column)
-    for candidate in choice.candidates:
-        scored = candidate.path is not None
-        table.add_row(candidate.label, f"{candidate.size_bytes / 1e6:.1f}", _cell(candidate.tool_f1) if scored else "over budget",
-                      _cell(candidate.identical) if scored else "", "✓" if candidate is choice.chosen else "")
+    for c in choice.candidates:
+        scored = c.path is not None
+        table.add_row(c.label, f"{c.size_bytes / 1e6:.1f}", _cell(c.tool_f1) if scored else "over budget",
+                      _cell(c.identical) if scored else "", _cell(c.same_top1) if scored else "",
+                      "" if c.mean_kl is None else f"{c.mean_kl:.4f}", "✓" if c is choice.chosen else "")
     console.print(table)
+    for note in choice.notes:
+        say(f"[yellow]note[/yellow] {escape(note)}")
 
 
 def show_export(result) -> None:

@@ -5,8 +5,10 @@ tool-call F1 against the f16 file and Q5_K_M two. So every candidate type that f
 (sized first by llama-quantize --dry-run, which writes nothing) is quantised with the export's
 importance matrix, replies greedily in llama.cpp to the same held-out cases as the f16 file, and
 the smallest one within `max_drift` of the f16 file's tool-call F1 is kept; when none is, the best
-one found. Identical replies (to the f16 file's) are reported beside F1: they show drift that the
-calls alone do not.
+one found. Beside F1: the share of replies identical to the f16 file's, and, teacher-forced on the
+reference replies (agreement.py), the share of positions where the file's first choice is f16's
+and its mean KL divergence from f16: finer than F1 on few cases, they show what the importance
+matrix keeps.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Callable
 from ..evaluate.cases import EvalCase
 from ..evaluate.validate import evaluate_backend
 from ..inference import GgufBackend
+from .agreement import agreement, f16_reference
 from .gguf import estimated_size, quantize
 
 # Applied to a K type whose stock mix is over the size budget (E2B: Q4_K_M is 3.31 GB stock).
@@ -38,6 +41,8 @@ class Candidate:
     path: Path | None = None  # None: not written (over the budget)
     tool_f1: float | None = None
     identical: float | None = None  # share of replies equal to the f16 file's
+    same_top1: float | None = None  # teacher-forced: share of reply positions with f16's first choice
+    mean_kl: float | None = None  # teacher-forced: KL(f16 || file), nats per reply position
     seconds: float = 0.0
 
     @property
@@ -62,6 +67,7 @@ class QuantChoice:
     cases: int
     max_drift: float
     imatrix: str | None  # the matrix every candidate was quantised with, or None
+    forced_positions: int = 0  # reply positions of the teacher-forced comparison
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -119,6 +125,7 @@ def choose_quant(f16: Path, work_dir: Path, stem: str, types: list[str], budget:
         fitting = fitting[-1:]
     reference = reply_to_cases(f16, cases, vocabulary, max_tokens, n_ctx, "f16", progress)
     reference_f1 = reference.overall["tool_f1"] or 0.0
+    forced = f16_reference(f16, cases)
     for candidate in fitting:
         target = work_dir / f"{stem}-{candidate.file_stem}.gguf"
         candidate.path = make(target, f"quantising to {candidate.label}" + (" with the importance matrix" if imatrix else ""),
@@ -130,11 +137,28 @@ def choose_quant(f16: Path, work_dir: Path, stem: str, types: list[str], budget:
         candidate.seconds = time.perf_counter() - start
         candidate.tool_f1 = evaluation.overall["tool_f1"] or 0.0
         candidate.identical = sum(a.output == b.output for a, b in zip(evaluation.scores, reference.scores)) / max(len(cases), 1)
+        followed = agreement(candidate.path, forced)
+        candidate.same_top1, candidate.mean_kl = followed.same_top1, followed.mean_kl
     chosen, reason = pick(fitting, reference_f1, max_drift)
     if not cases:
         reason = "no held-out cases to measure on: the largest candidate that fits"
     return QuantChoice(reference_f1, reference.seconds, planned, chosen, reason, len(cases), max_drift,
-                       str(imatrix) if imatrix else None)
+                       str(imatrix) if imatrix else None, forced_positions=sum(p.shape[0] for p in forced.log_probs),
+                       notes=coarse_f1_notes(fitting, max_drift))
+
+
+def coarse_f1_notes(scored: list[Candidate], max_drift: float) -> list[str]:
+    """A warning when F1 ranks two files against what the teacher-forced KL says: a file closer to
+    f16 scoring more than `max_drift` below a farther one is noise of too few cases, not quality."""
+    pairs = [(a, b) for a in scored for b in scored if a.mean_kl is not None and b.mean_kl is not None
+             and a.mean_kl < b.mean_kl and (a.tool_f1 or 0) < (b.tool_f1 or 0) - max_drift]
+    if not pairs:
+        return []
+    closer, farther = pairs[0]
+    return [f"tool-call F1 on these cases is coarser than the differences between the types: {closer.label}, "
+            f"closer to f16 (KL {closer.mean_kl:.4f}), scored {(closer.tool_f1 or 0) * 100:.1f} against "
+            f"{farther.label}'s {(farther.tool_f1 or 0) * 100:.1f} (KL {farther.mean_kl:.4f}); more held-out cases "
+            "([export] choice_cases) make the choice firmer"]
 
 
 def raise_over_budget(smallest: Candidate, budget: float) -> None:

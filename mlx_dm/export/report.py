@@ -17,16 +17,22 @@ def choice_lines(choice: QuantChoice, f16_bytes: int) -> list[str]:
              f"validation split and the independent set, balanced) as the f16 file, which scored tool-call F1 "
              f"{_points(choice.reference_f1)} in {choice.reference_seconds:.0f}s. "
              + ("All were quantised with the importance matrix. " if choice.imatrix else "")
-             + f"Kept: **{choice.chosen.label}**, {choice.reason}.", "",
-             "| candidate | MB | share of f16 | tool-call F1 | drift (points) | replies identical to f16 | seconds |",
-             "|---|---|---|---|---|---|---|"]
+             + f"Kept: **{choice.chosen.label}**, {choice.reason}. Teacher-forced on the first tokens of "
+             f"the reference replies ({choice.forced_positions} positions), each file's next-token distribution "
+             "against f16's: the share where both choose the same token, and the mean KL divergence.", "",
+             "| candidate | MB | share of f16 | tool-call F1 | drift (points) | replies identical to f16 "
+             "| same first choice as f16 | KL from f16 | seconds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in choice.candidates:
         scored = c.tool_f1 is not None
         drift = f"{((choice.reference_f1 or 0) - c.tool_f1) * 100:+.1f}" if scored else "over the budget"
         kept = " (kept)" if c.label == choice.chosen.label else ""
         identical = "" if c.identical is None else f"{c.identical:.0%}"
+        same = "" if c.same_top1 is None else f"{c.same_top1:.1%}"
+        kl = "" if c.mean_kl is None else f"{c.mean_kl:.4f}"
         lines.append(f"| {c.label}{kept} | {c.size_bytes / 1e6:.1f} | {c.size_bytes / f16_bytes:.0%} | "
-                     f"{_points(c.tool_f1)} | {drift} | {identical} | {c.seconds:.0f} |")
+                     f"{_points(c.tool_f1)} | {drift} | {identical} | {same} | {kl} | {c.seconds:.0f} |")
+    lines += [f"- note: {note}" for note in choice.notes]
     lines += ["", "Drift is the F1 points a candidate loses against f16. The figures mean something on trained "
               "real weights only: the built-in tiny model's random weights make every candidate's F1 noise.", ""]
     return lines
@@ -37,28 +43,36 @@ def _points(value: float | None) -> str:
 
 
 def plot_frontier(choice: QuantChoice, path: Path) -> None:
-    """Size against tool-call F1, the f16 line and its tolerance band, the kept file marked."""
+    """Size against tool-call F1 (the f16 line, its tolerance band, the kept file marked), and size
+    against the teacher-forced KL divergence from f16."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     scored = [c for c in choice.candidates if c.tool_f1 is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    sizes = [c.size_bytes / 1e6 for c in scored]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     reference = (choice.reference_f1 or 0) * 100
-    ax.axhspan(reference - choice.max_drift * 100, reference, color="tab:green", alpha=0.12,
-               label=f"within {choice.max_drift * 100:.0f} points of f16")
-    ax.axhline(reference, color="tab:green", lw=1, label=f"f16 ({reference:.1f})")
-    ax.plot([c.size_bytes / 1e6 for c in scored], [c.tool_f1 * 100 for c in scored], "o-", color="tab:blue")
-    for c in scored:
-        ax.annotate(c.label, (c.size_bytes / 1e6, c.tool_f1 * 100), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    left.axhspan(reference - choice.max_drift * 100, reference, color="tab:green", alpha=0.12,
+                 label=f"within {choice.max_drift * 100:.0f} points of f16")
+    left.axhline(reference, color="tab:green", lw=1, label=f"f16 ({reference:.1f})")
+    left.plot(sizes, [c.tool_f1 * 100 for c in scored], "o-", color="tab:blue")
     chosen = choice.chosen
-    ax.plot([chosen.size_bytes / 1e6], [(chosen.tool_f1 or 0) * 100], "*", ms=16, color="tab:red",
-            label=f"kept: {chosen.label}")
-    ax.set_xlabel("file size (MB)")
-    ax.set_ylabel("tool-call F1 (points)")
-    ax.set_title(f"Quantisation frontier on {choice.cases} held-out cases")
-    ax.legend(fontsize=8, loc="lower right")
+    left.plot([chosen.size_bytes / 1e6], [(chosen.tool_f1 or 0) * 100], "*", ms=16, color="tab:red",
+              label=f"kept: {chosen.label}")
+    left.set_ylabel("tool-call F1 (points)")
+    left.set_title(f"greedy replies to {choice.cases} held-out cases")
+    left.legend(fontsize=8, loc="lower right")
+    kl = [c.mean_kl if c.mean_kl is not None else float("nan") for c in scored]
+    right.plot(sizes, kl, "o-", color="tab:purple")
+    right.set_yscale("log")
+    right.set_ylabel("mean KL divergence from f16 (nats, log scale)")
+    right.set_title(f"teacher-forced, {choice.forced_positions} reply positions")
+    for axis, values in ((left, [c.tool_f1 * 100 for c in scored]), (right, kl)):
+        for c, x, y in zip(scored, sizes, values):
+            axis.annotate(c.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        axis.set_xlabel("file size (MB)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
