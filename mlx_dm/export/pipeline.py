@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..config import ExportConfig
 from ..errors import ExportError
 from ..evaluate.cases import EvalCase
 from ..evaluate.gguf_checks import GgufCheck, MmprojCheck, check_gguf, check_mmproj
@@ -25,18 +26,6 @@ from .fuse import fuse
 from .gguf import check_quant, convert_mmproj, convert_to_gguf, gguf_metadata, has_vision_tower, quantize
 from .imatrix import calibration_text, compute_imatrix
 from .report import write_report
-
-
-@dataclass(frozen=True)
-class QuantSettings:
-    """How the export quantises: a forced type or "auto" (export/choose.py), the budget, the matrix."""
-    quant: str = "auto"
-    size_budget: float | None = 2.0e9
-    imatrix: bool = True
-    imatrix_chunks: int = 64
-    candidates: tuple[str, ...] = ("Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "Q8_0")
-    max_drift: float = 0.02
-    max_tokens: int = 64  # per reply while choosing
 
 
 @dataclass(frozen=True)
@@ -52,7 +41,7 @@ class ExportSpec:
     base_model: str
     run_name: str
     version: str = "v1"  # the version it will be stored as: part of the file's general.name
-    quant: QuantSettings = QuantSettings()
+    quant: ExportConfig = field(default_factory=ExportConfig)  # [export]: a forced type or "auto" (choose.py)
     n_ctx: int = 2048
     vision: bool = False
     cases: tuple[EvalCase, ...] = ()
@@ -168,7 +157,7 @@ def export_model(spec: ExportSpec, say: Callable[[str], None] = print, progress:
         raise ExportError(f"a vision projector (mmproj) was asked for, but the base {spec.base_dir} has no vision tower",
                           "export from a Gemma 3n base with its vision tower (google/gemma-3n-E2B-it; offline: "
                           "--base tiny-vision), or drop --vision: a text DM needs no mmproj")
-    work_dir, name = Path(spec.work_dir), spec.name
+    work_dir, name, budget = Path(spec.work_dir), spec.name, spec.quant.size_budget_bytes
     work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     fused_dir, fused_key = fused_checkpoint(spec.base_dir, spec.adapter_dir, work_dir, say, timings)
@@ -187,22 +176,22 @@ def export_model(spec: ExportSpec, say: Callable[[str], None] = print, progress:
     choice = None
     if spec.quant.quant.lower() == "auto":
         say(f"choosing the quantisation: candidates {', '.join(spec.quant.candidates)} under "
-            f"{_budget_text(spec.quant.size_budget)}, scored on {len(spec.cases)} held-out cases against f16")
+            f"{_budget_text(budget)}, scored on {len(spec.cases)} held-out cases against f16")
         start = time.perf_counter()
-        choice = choose_quant(f16, work_dir, name, list(spec.quant.candidates), spec.quant.size_budget, imatrix,
-                              list(spec.cases), set(spec.vocabulary), spec.quant.max_drift, spec.quant.max_tokens,
+        choice = choose_quant(f16, work_dir, name, list(spec.quant.candidates), budget, imatrix,
+                              list(spec.cases), set(spec.vocabulary), spec.quant.max_drift, spec.quant.choice_max_tokens,
                               spec.n_ctx, make, progress)
         timings["choose_s"] = time.perf_counter() - start
         gguf, quant, tensor_types = choice.chosen.path, choice.chosen.quant, choice.chosen.tensor_types
         say(f"chose {choice.chosen.label} ({choice.chosen.size_bytes / 1e6:.0f} MB): {choice.reason}")
     else:
         quant = check_quant(spec.quant.quant)
-        forced = plan_candidates(f16, [quant], spec.quant.size_budget)[0]
-        if spec.quant.size_budget and forced.size_bytes > spec.quant.size_budget:
-            raise_over_budget(forced, spec.quant.size_budget)
+        forced = plan_candidates(f16, [quant], budget)[0]
+        if budget and forced.size_bytes > budget:
+            raise_over_budget(forced, budget)
         tensor_types = forced.tensor_types
         if tensor_types:
-            say(f"stock {quant} is over {_budget_text(spec.quant.size_budget)}: with per-tensor types {tensor_types}")
+            say(f"stock {quant} is over {_budget_text(budget)}: with per-tensor types {tensor_types}")
         target = work_dir / f"{name}-{forced.file_stem}.gguf"
         gguf = make(target, f"quantising to {forced.label}", lambda: quantize(f16, target, quant, tensor_types=tensor_types,
                                                                               imatrix=imatrix))

@@ -62,7 +62,8 @@ def build_programs() -> tuple[str, str | None]:
 
 
 def build_tools(target: Path, say: Callable[[str], None]) -> None:
-    """Configure and build TOOLS into `target` (atomically: a .partial folder renamed at the end)."""
+    """Configure and build TOOLS into `target`, atomically: built in a temporary folder beside it,
+    which is renamed into place once both programs are there."""
     cmake, ninja = build_programs()
     spec = table()
     prefix = f"{spec['sdist']['file'].removesuffix('.tar.gz')}/vendor/llama.cpp/"

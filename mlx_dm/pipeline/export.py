@@ -7,7 +7,7 @@ from pathlib import Path
 from ..data.render import STOP_WORDS
 from ..export.cactus import CactusBundle, export_cactus
 from ..evaluate.cases import independent_cases, select_cases, validation_cases
-from ..export.pipeline import ExportResult, ExportSpec, QuantSettings, export_model, fused_checkpoint
+from ..export.pipeline import ExportResult, ExportSpec, export_model, fused_checkpoint
 from ..registry import planned_version
 from .project import Project
 from .reporter import Reporter
@@ -24,12 +24,9 @@ def run_export(project: Project, base_path: Path, adapter: Path, reporter: Repor
     cases = []
     if settings.quant.lower() == "auto":
         cases = select_cases(validation_cases(project.dataset_dir) + independent_cases(), settings.choice_cases)
-    quant = QuantSettings(settings.quant, settings.size_budget_gb * 1e9 if settings.size_budget_gb > 0 else None,
-                          settings.imatrix, settings.imatrix_chunks, tuple(settings.candidates), settings.max_drift,
-                          settings.choice_max_tokens)
     spec = ExportSpec(base_path, adapter, run_dir / "export", project.root, project.dataset_dir, name,
                       config.model.base_model, run_dir.name, planned_version(project.root, name, run_dir.name),
-                      quant, n_ctx, config.model.vision, tuple(cases), frozenset(tool_vocabulary(project)))
+                      settings, n_ctx, config.model.vision, tuple(cases), frozenset(tool_vocabulary(project)))
     try:
         result = export_model(spec, lambda text: reporter.stage("export", text, run_dir),
                               lambda label, done, total: reporter.progress("quantisation", label, done, total))
