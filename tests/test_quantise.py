@@ -149,3 +149,18 @@ def test_a_note_says_when_f1_ranks_the_types_against_their_distance_from_f16():
     assert "Q8_0, closer to f16 (KL 0.0040), scored 12.0 against Q6_K's 18.0" in note and "choice_cases" in note
     close.tool_f1 = 0.17
     assert coarse_f1_notes([far, close], 0.02) == []  # within the tolerance: no contradiction
+
+
+def test_an_unknown_type_stops_a_run_before_it_trains(tmp_path):
+    """`--quant` is only used at export, hours in: a typo must fail first, with the types to choose from."""
+    import subprocess
+    import sys
+
+    from .test_train import make_project
+
+    project = make_project(tmp_path, n_files=4)
+    result = subprocess.run([sys.executable, "-m", "mlx_dm", "-C", str(project), "run", "--dev", "--quant", "Q9_X"],
+                            capture_output=True, text=True, timeout=300)
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 6 and "unknown quantisation type Q9_X" in said and "Q4_K_M" in said, said
+    assert not list(project.glob("runs/*-train"))  # no training began

@@ -19,10 +19,9 @@ from ..llama.source import converter_dir
 from ..llama.tools import run_tool
 from ..files import atomic_path
 
-QUANT_TYPES = {
-    "F16": 1, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12,
-    "Q3_K_L": 13, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "IQ4_XS": 30,
-}
+# The llama-quantize types an export may ask for (by name: llama-quantize takes the name).
+QUANT_TYPES = ("F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S",
+               "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_XS")
 
 
 def convert_to_gguf(hf_dir: Path, out_file: Path, outtype: str = "f16", log_file: Path | None = None,
@@ -108,6 +107,13 @@ def check_quant(quant: str) -> str:
     if quant not in QUANT_TYPES:
         raise ExportError(f"unknown quantisation type {quant}", f"choose one of {', '.join(QUANT_TYPES)}")
     return quant
+
+
+def check_export_types(quant: str, candidates: list[str]) -> None:
+    """Every type [export] names (a forced one, or the candidates of "auto") is one llama-quantize
+    writes: checked before a run trains or an export converts, not after."""
+    for name in [*candidates] if quant.lower() == "auto" else [quant]:
+        check_quant(name)
 
 
 def quantize(in_file: Path, out_file: Path, quant: str = "Q4_K_M", threads: int = 0,

@@ -23,7 +23,7 @@ from ..files import atomic_write_json, sha256_of
 from ..registry import PlacedModel, stage
 from .choose import Progress, QuantChoice, choose_quant, plan_candidates, raise_over_budget
 from .fuse import fuse
-from .gguf import check_quant, convert_mmproj, convert_to_gguf, gguf_metadata, has_vision_tower, quantize
+from .gguf import check_export_types, check_quant, convert_mmproj, convert_to_gguf, gguf_metadata, has_vision_tower, quantize
 from .imatrix import calibration_text, compute_imatrix
 from .report import write_report
 
@@ -157,6 +157,7 @@ def export_model(spec: ExportSpec, say: Callable[[str], None] = print, progress:
         raise ExportError(f"a vision projector (mmproj) was asked for, but the base {spec.base_dir} has no vision tower",
                           "export from a Gemma 3n base with its vision tower (google/gemma-3n-E2B-it; offline: "
                           "--base tiny-vision), or drop --vision: a text DM needs no mmproj")
+    check_export_types(spec.quant.quant, spec.quant.candidates)
     work_dir, name, budget = Path(spec.work_dir), spec.name, spec.quant.size_budget_bytes
     work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}

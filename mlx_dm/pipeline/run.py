@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..evaluate.validate import raise_if_failed
+from ..export.gguf import check_export_types
 from ..hardware import Hardware
 from ..model.hub import TINY_BASES
 from ..registry import placed_from_entry
@@ -46,6 +47,7 @@ def run(project: Project, options: RunOptions, hardware: Hardware, reporter: Rep
     reporter.result("dataset", built)
     if options.validate_only:
         return validate_current(project, reporter)
+    check_export_types(project.config.export.quant, project.config.export.candidates)  # before hours of training
     plan = plan_retraining(project, built.path, options.incremental, options.force)
     reporter.result("plan", plan)
     if plan.action == "nothing":
