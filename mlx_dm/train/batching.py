@@ -1,7 +1,8 @@
 """Token ids, loss masks and packed rows.
 
 Each dataset row (rendered text + character spans with loss) becomes token ids and a per-token
-mask (1 where the *target* token belongs to a model turn). A scenario longer than
+loss weight: 0 outside model turns, 1 for the narration, ``call_weight`` for the tokens of a tool
+call and the token that ends the reply (see ``weighted_spans``). A scenario longer than
 ``max_seq_length`` is split at user turns into windows that each restart from the scenario's
 context (world, place, party), so every DM reply is trained on with that context in view
 instead of being cut off. Short scenarios (and windows) are packed into rows
@@ -24,27 +25,55 @@ import numpy as np
 class TokenizedExample:
     path: str
     ids: list[int]
-    loss_mask: list[int]  # per position t: 1 when predicting ids[t] counts (ids[t] is a model token)
+    loss_mask: list[float]  # per position t: the weight of predicting ids[t] (0 unless ids[t] is a model token)
     truncated: bool = False
 
     @property
     def trainable_tokens(self) -> int:
-        return int(sum(self.loss_mask))
+        return sum(1 for weight in self.loss_mask if weight)
 
 
-def tokenize_record(tokenizer, record: dict, max_seq_length: int) -> TokenizedExample:
-    """Tokenize one rendered conversation; mark tokens whose characters lie in a model span."""
+def weighted_spans(text: str, train_spans: list[tuple[int, int]], call_weight: float) -> list[tuple[int, int, float]]:
+    """(start, end, weight) character spans with loss, in order: the narration of a model turn
+    weighs 1; its tool calls and its closing ``<end_of_turn>`` weigh ``call_weight``.
+
+    Why: a DM reply is mostly narration, so an unweighted loss spends nearly all its signal on
+    prose that a few scenarios let the model memorise, while what the app acts on (which tool,
+    which argument, and whether to call at all, decided at ``[`` or at the end of the reply) is a
+    few tokens. Weighting those keeps training on the decisions after the prose is learnt."""
+    from ..data.render import END
+    from ..data.toolcalls import APP_CALL_PATTERN
+
+    if call_weight == 1.0:
+        return [(start, end, 1.0) for start, end in train_spans]
+    pieces = []
+    for start, end in train_spans:
+        body_end = end - len(END) if text.endswith(END, start, end) else end
+        cursor = start
+        for match in APP_CALL_PATTERN.finditer(text, start, body_end):
+            pieces += [(cursor, match.start(), 1.0), (match.start(), match.end(), call_weight)]
+            cursor = match.end()
+        pieces += [(cursor, body_end, 1.0), (body_end, end, call_weight)]
+    return [piece for piece in pieces if piece[1] > piece[0]]
+
+
+def tokenize_record(tokenizer, record: dict, max_seq_length: int, call_weight: float = 1.0) -> TokenizedExample:
+    """Tokenize one rendered conversation; each token whose characters start in a model span gets
+    a weight (``weighted_spans``), the others 0."""
     hf = getattr(tokenizer, "_tokenizer", tokenizer)
     encoded = hf(record["text"], add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
-    spans = [tuple(span) for span in record["train_spans"]]
-    mask = []
+    spans = weighted_spans(record["text"], [tuple(span) for span in record["train_spans"]], call_weight)
+    mask: list[float] = []
     span_index = 0
     for start, end in encoded["offset_mapping"]:
         while span_index < len(spans) and spans[span_index][1] <= start:
             span_index += 1
         inside = span_index < len(spans) and spans[span_index][0] <= start < spans[span_index][1]
-        mask.append(1 if inside and end > start else 0)
+        # A token such as " [" starts in the narration but carries the call: it takes the largest
+        # weight among the spans it overlaps.
+        overlapping = (w for s, e, w in spans[span_index:span_index + 3] if s < end and start < e)
+        mask.append(max(overlapping) if inside and end > start else 0.0)
     truncated = len(ids) > max_seq_length
     return TokenizedExample(record.get("path", ""), ids[:max_seq_length], mask[:max_seq_length], truncated)
 
@@ -58,14 +87,14 @@ def window_messages(messages: list[dict[str, str]], context: str, start: int, en
     return window
 
 
-def tokenize_windows(tokenizer, record: dict, max_seq_length: int) -> list[TokenizedExample]:
+def tokenize_windows(tokenizer, record: dict, max_seq_length: int, call_weight: float = 1.0) -> list[TokenizedExample]:
     """One example per record, or, when it is too long, one per window of whole user/DM exchanges.
 
     Windows start at user messages and grow one exchange at a time while they fit; an exchange
     that does not fit even alone is truncated (and flagged)."""
     from ..data.render import render_messages
 
-    whole = tokenize_record(tokenizer, record, max_seq_length)
+    whole = tokenize_record(tokenizer, record, max_seq_length, call_weight)
     messages = record.get("messages")
     if not whole.truncated or not messages:
         return [whole]
@@ -74,7 +103,7 @@ def tokenize_windows(tokenizer, record: dict, max_seq_length: int) -> list[Token
     def encode(start: int, end: int) -> TokenizedExample:
         rendered = render_messages(window_messages(messages, context, start, end))
         return tokenize_record(tokenizer, {"path": record.get("path", ""), "text": rendered.text,
-                                           "train_spans": rendered.train_spans}, max_seq_length)
+                                           "train_spans": rendered.train_spans}, max_seq_length, call_weight)
 
     windows = []
     start = 0
@@ -92,19 +121,19 @@ def tokenize_windows(tokenizer, record: dict, max_seq_length: int) -> list[Token
     return windows or [whole]
 
 
-def load_examples(path: Path, tokenizer, max_seq_length: int) -> list[TokenizedExample]:
+def load_examples(path: Path, tokenizer, max_seq_length: int, call_weight: float = 1.0) -> list[TokenizedExample]:
     examples = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             if line.strip():
-                examples.extend(tokenize_windows(tokenizer, json.loads(line), max_seq_length))
+                examples.extend(tokenize_windows(tokenizer, json.loads(line), max_seq_length, call_weight))
     return examples
 
 
 @dataclass
 class PackedRow:
     ids: np.ndarray  # (L,) int32, padded with pad_id
-    loss_mask: np.ndarray  # (L,) float32: 1 where the target at this position counts
+    loss_mask: np.ndarray  # (L,) float32: the weight of the target at this position (0: no loss)
     segments: np.ndarray  # (L,) int32: 1.. per scenario, 0 for padding
     examples: list[int]
 
@@ -149,7 +178,7 @@ class Batch:
     segments: np.ndarray  # (B, L-1)
 
     def loss_positions(self, bucket: int = 64) -> tuple[np.ndarray, np.ndarray]:
-        """Flat indices of the tokens with loss, padded to a multiple of ``bucket`` (weight 0).
+        """Flat indices of the tokens with loss and their weights, padded to a multiple of ``bucket`` (weight 0).
 
         The output head runs on these positions only: with Gemma's 262k vocabulary the logits of
         every position cost more than the rest of the model. Padding to buckets keeps the number
@@ -158,12 +187,12 @@ class Batch:
         size = min(max(bucket, -(-len(flat) // bucket) * bucket), self.loss_mask.size)
         positions = np.zeros(size, np.int32)
         weights = np.zeros(size, np.float32)
-        positions[:len(flat)], weights[:len(flat)] = flat, 1.0
+        positions[:len(flat)], weights[:len(flat)] = flat, self.loss_mask.reshape(-1)[flat]
         return positions, weights
 
     @property
     def trainable_tokens(self) -> int:
-        return int(self.loss_mask.sum())
+        return int(np.count_nonzero(self.loss_mask))
 
 
 def make_batch(rows: list[PackedRow], length: int, pad_id: int = 0) -> Batch:

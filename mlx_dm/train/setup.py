@@ -206,8 +206,9 @@ def prepare(config: Config, dataset_dir: Path, base_path: Path, resume_dir: Path
                         lazy=True)
     model, tokenizer = loaded.model, loaded.tokenizer
     seq = config.train.max_seq_length
-    train_examples = batching.load_examples(Path(dataset_dir) / "train.jsonl", tokenizer, seq)
-    valid_examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", tokenizer, seq)
+    weight = config.train.call_weight
+    train_examples = batching.load_examples(Path(dataset_dir) / "train.jsonl", tokenizer, seq, weight)
+    valid_examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", tokenizer, seq, weight)
     if not train_examples:
         raise TrainingError("the training split is empty", "add scenarios to ai-training/ and run `mlx-dm data build`")
     # Before any weight is read: Gemma 3n's per-layer embedding table keeps only the rows of the

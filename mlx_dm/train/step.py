@@ -21,7 +21,8 @@ def attention_mask(segments: mx.array) -> mx.array:
 
 
 def loss_fn(model, inputs, targets, positions, weights, segments):
-    """Mean cross-entropy over the DM tokens; the output head, and Gemma 3n's KV-shared layers, run
+    """Weighted mean cross-entropy over the DM tokens, and the total weight (the token count when
+    every weight is 1, `train.call_weight`); the output head, and Gemma 3n's KV-shared layers, run
     at those positions only (patches, extension 6)."""
     selected = patches.hidden_states(model, inputs, mask=attention_mask(segments), positions=positions)
     logits = patches.output_logits(model, selected)
