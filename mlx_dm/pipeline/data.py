@@ -29,7 +29,8 @@ def read_dataset(config: Config, scenarios: Path | None = None) -> Dataset:
     scanned, starter = scan_with_starter(root, data.include_starter, data.starter_below, data.max_file_bytes)
     dataset = build_dataset(root, data.validation_fraction, data.seed, data.strict,
                             data.target_mix if data.balance else None, data.agent_tools, data.max_file_bytes,
-                            scan_result=scanned, augment_copies=data.augment_copies)
+                            scan_result=scanned, augment_copies=data.augment_copies,
+                            drills=data.drill_scenes)
     dataset.summary.starter = starter.to_dict()
     return dataset
 
