@@ -19,7 +19,7 @@ def test_notebook_runs_and_draws_its_plots(tmp_path, monkeypatch):
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), \
         "commit the notebook without outputs"
     # A cell may take a while on a slow CI machine: the training cell took over 600 s on one (CI, 2026-12-02)
-    # and about 250 s here; the limit only catches a hang.
+    # and 230-310 s here; the limit only catches a hang.
     nbclient.NotebookClient(notebook, timeout=1800, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
 
