@@ -221,6 +221,28 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path):
     assert all(np.array_equal(np.array(best[k]), np.array(final[k])) for k in best)
 
 
+def test_metrics_count_dm_tokens_apart_from_the_loss_weight(tmp_path):
+    from mlx_dm.config import load_config
+    from mlx_dm.pipeline.data import build
+    from mlx_dm.model.tiny import build_tiny_model
+    from mlx_dm.runs import new_run
+    from mlx_dm.train.trainer import train
+
+    project = make_project(tmp_path, n_files=4)
+    base = build_tiny_model(tmp_path / "tiny", project / "ai-training")
+    records = {}
+    for weight in (1.0, 4.0):
+        config = load_config(project).override(train={"call_weight": weight, "max_steps": 2, "max_seq_length": 512,
+                                                      "steps_per_eval": 100, "steps_per_checkpoint": 100})
+        records[weight] = train(config, build(config).path, base, new_run(tmp_path / "runs", f"w{weight}")).history
+    plain, weighted = records[1.0], records[4.0]
+    assert [r["trainable_tokens"] for r in plain] == [r["trainable_tokens"] for r in weighted]
+    assert all(r["loss_weight"] == r["trainable_tokens"] > 0 for r in plain)
+    # Calls and each reply's end weigh 4: the weight sum exceeds the count, which stays a count of tokens.
+    assert all(r["loss_weight"] > r["trainable_tokens"] for r in weighted)
+    assert all(isinstance(r["trainable_tokens"], int) for r in weighted)
+
+
 @pytest.mark.slow
 def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
     from mlx_dm.config import load_config
@@ -239,6 +261,7 @@ def test_gradient_accumulation_equals_the_bigger_batch(tmp_path):
         dataset_dir = build(config).path
         results[name] = train(config, dataset_dir, base, new_run(tmp_path / "runs", name)).history
     assert [r["tokens"] for r in results["batch2"]] == [r["tokens"] for r in results["accumulated"]]
+    assert [r["trainable_tokens"] for r in results["batch2"]] == [r["trainable_tokens"] for r in results["accumulated"]]
     for one, other in zip(results["batch2"], results["accumulated"]):
         assert one["loss"] == pytest.approx(other["loss"], rel=1e-4, abs=1e-4)
 

@@ -10,10 +10,11 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_map
 
 from ..config import Config
@@ -174,7 +175,7 @@ class Trainer:
                 loop.epoch, loop.position = loop.epoch + 1, 0
 
 
-    def _pass(self, loop: LoopState, order: list[int], pending: "_Accumulator") -> tuple[float, float, int] | None:
+    def _pass(self, loop: LoopState, order: list[int], pending: "_Accumulator") -> StepTotals | None:
         """One forward and backward pass; (loss, DM tokens, tokens) when it completed a step, else None."""
         setup, world = self.setup, self.setup.world
         if loop.micro_count == 0:
@@ -190,6 +191,7 @@ class Trainer:
         arrays = batch_arrays(batch)
         loop.position += setup.batch_size * world
         pending.real += int(sum(len(r.ids) for r in step_rows))  # tokens of every micro-batch in this step
+        pending.trainable += int(sum(np.count_nonzero(r.loss_mask) for r in step_rows))
         loop.real_tokens_mine += 0 if idle else int(sum(len(r.ids) - 1 for r in chosen))
         mx.random.seed(self.config.train.seed * 1_000_003 + loop.step * 1_009 + loop.micro_count)
         if setup.accumulation == 1 and world == 1:
@@ -203,16 +205,16 @@ class Trainer:
             return None
         return pending.apply(setup, self.state)
 
-    def _after_step(self, loop: LoopState, finished: tuple[float, float, int], n_order: int, progress) -> None:
+    def _after_step(self, loop: LoopState, finished: StepTotals, n_order: int, progress) -> None:
         setup, settings = self.setup, self.config.train
-        step_loss, step_tokens, real = finished
+        step_loss, real = finished.loss, finished.tokens
         loop.step += 1
         loop.last_loss = step_loss
         loop.trained_tokens += real
         loop.tokens_this_session += real
         loop.micro_count = 0
         record = {"step": loop.step, "epoch": loop.epoch + loop.position / n_order, "loss": step_loss,
-                  "trainable_tokens": step_tokens, "tokens": real,
+                  "trainable_tokens": finished.trainable_tokens, "loss_weight": finished.loss_weight, "tokens": real,
                   "learning_rate": float(setup.optimizer.learning_rate.item()),
                   "tokens_per_second": loop.tokens_per_second(), "peak_memory_bytes": int(mx.get_peak_memory())}
         evaluate_now = loop.step % settings.steps_per_eval == 0 or loop.step == setup.total_steps or loop.position >= n_order
@@ -267,15 +269,23 @@ class Trainer:
         return result
 
 
+class StepTotals(NamedTuple):
+    loss: float  # weighted mean over the step's DM tokens
+    loss_weight: float  # the sum of the loss weights (the DM-token count unless train.call_weight != 1)
+    tokens: int  # every token of the step's rows, padding excluded
+    trainable_tokens: int  # the DM tokens among them (the ones with a loss)
+
+
 class _Accumulator:
     """The gradients of a step split into passes: token-weighted, summed, then summed over processes."""
 
     def __init__(self) -> None:
-        self.grad, self.tokens, self.loss, self.real = None, 0.0, 0.0, 0
+        self.grad, self.tokens, self.loss, self.real, self.trainable = None, 0.0, 0.0, 0, 0
 
-    def done(self, loss: float, tokens: float) -> tuple[float, float, int]:
-        real, self.real = self.real, 0
-        return loss, tokens, real
+    def done(self, loss: float, tokens: float) -> StepTotals:
+        totals = StepTotals(loss, tokens, self.real, self.trainable)
+        self.real = self.trainable = 0
+        return totals
 
     def add(self, grad, weight: mx.array, loss: mx.array) -> None:
         grad = tree_map(lambda g: g * weight, grad)
@@ -284,7 +294,7 @@ class _Accumulator:
         self.loss += loss.item() * weight.item()
         mx.eval(self.grad)
 
-    def apply(self, setup: TrainingSetup, state: list) -> tuple[float, float, int]:
+    def apply(self, setup: TrainingSetup, state: list) -> StepTotals:
         if setup.world > 1:
             self.grad = tree_map(lambda g: mx.distributed.all_sum(g, group=setup.group), self.grad)
             sums = mx.distributed.all_sum(mx.array([self.loss, self.tokens], dtype=mx.float32), group=setup.group)
