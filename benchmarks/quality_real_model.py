@@ -89,6 +89,8 @@ def main() -> int:
                         help="a [train] setting for the run, e.g. call_weight=1 or lora_dropout=0.1 (repeatable)")
     parser.add_argument("--data", action="append", default=[], metavar="KEY=VALUE",
                         help="a [data] setting for the run, e.g. drill_scenes=40 (repeatable)")
+    parser.add_argument("--no-mlx", action="store_true",
+                        help="score the GGUF only, not the tuned MLX model beside it (saves ~17 min here; no drift figures)")
     parser.add_argument("--quant", default="auto", help="the export's quantisation: auto (measured choice) or a type")
     parser.add_argument("--no-imatrix", action="store_true", help="quantise without the importance matrix")
     parser.add_argument("--work", type=Path, default=ROOT / ".mlx-dm" / "quality-real-model")
@@ -103,7 +105,8 @@ def main() -> int:
                "--epochs", str(args.epochs), "--learning-rate", str(args.learning_rate),
                "--max-seq-length", str(args.max_seq_length), "--batch-size", "1", "--quant", args.quant]
     command += ["--no-imatrix"] if args.no_imatrix else []
-    settings = ["[validate]", f"max_cases = {args.max_cases}", f"compare_base = {str(not args.no_base).lower()}"]
+    settings = ["[validate]", f"max_cases = {args.max_cases}", f"compare_base = {str(not args.no_base).lower()}",
+                f"compare_mlx = {str(not args.no_mlx).lower()}"]
     if REAL_APP.is_dir():
         settings.append(f'cases_dir = "{REAL_APP}"')
     for section, items in (("train", args.train), ("data", args.data)):
@@ -150,8 +153,9 @@ def main() -> int:
         values = [by_label[label]["overall"][metric] for label in labels]
         print(f"{metric:28}" + "".join(f"{'n/a' if v is None else f'{v:.3f}':>14}" for v in values))
     print(f"\nvalidation loss: base {losses['base']:.3f} -> tuned {losses['tuned']:.3f}")
-    print(f"GGUF (Q4_K_M) vs tuned MLX: F1 drift {summary['gguf_f1_drift']:+.3f}, identical replies "
-          f"{summary['gguf_identical_replies']:.1%}")
+    if mlx and gguf:
+        print(f"GGUF ({args.quant}) vs tuned MLX: F1 drift {summary['gguf_f1_drift']:+.3f}, identical replies "
+              f"{summary['gguf_identical_replies']:.1%}")
     print_by_source(by_label.get("tuned GGUF") or by_label["tuned MLX"])
     print(f"run: {seconds / 60:.1f} min, exit {code}; report {args.out / 'quality.json'}")
     print(independent_line(by_label.get("tuned GGUF") or by_label["tuned MLX"]))

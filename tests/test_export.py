@@ -299,13 +299,16 @@ def test_validate_fails_below_thresholds_naming_the_checks(exported):
     original = settings.read_text()
     settings.write_text(original + "[validate]\nmin_tool_f1 = 0.99\nphone_ram_gb = 0.05\n")
     try:
-        result = cli(project, "validate", "--no-base", "--max-cases", "3", "--max-tokens", "8")
+        result = cli(project, "validate", "--no-base", "--no-mlx", "--max-cases", "3", "--max-tokens", "8")
     finally:
         settings.write_text(original)
     assert result.returncode == 7, result.stdout + result.stderr
     assert "tool-call F1" in result.stderr and "fits a 0.05 GB phone" in result.stderr
     report = json.loads(next((project / "runs").glob("*-validate/validation.json")).read_text())
     assert report["cases"] == 3 and not report["passed"]
+    # --no-mlx: the GGUF alone, and the report says which check that leaves out.
+    assert [e["label"] for e in report["evaluations"]] == ["tuned GGUF"]
+    assert any("compare_mlx" in note for note in report["notes"])
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ def validate_command(
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context length the app uses."),
     phone_ram_gb: Optional[float] = typer.Option(None, "--phone-ram-gb", help="RAM of the smallest phone to support."),
     no_base: bool = typer.Option(False, "--no-base", help="Do not score the base model."),
+    no_mlx: bool = typer.Option(False, "--no-mlx", help="Score the GGUF only, not the tuned MLX model beside it (no drift check; validate.compare_mlx)."),
     cases: Optional[Path] = typer.Option(None, "--cases", help="Also score the scenario files of this folder, kept out of training, as a source of their own (validate.cases_dir)."),
     dev: bool = typer.Option(False, "--dev", help="Tiny dev model: report scores without quality thresholds."),
     project: Optional[Path] = PROJECT_OPTION,
@@ -34,6 +35,7 @@ def validate_command(
     """Score a GGUF on the validation split, the D&D suite, the independent set (and --cases DIR), and check it against the app."""
     where = project_of(project, validate={"max_cases": max_cases, "max_tokens": max_tokens, "n_ctx": n_ctx,
                                           "phone_ram_gb": phone_ram_gb, "compare_base": False if no_base else None,
+                                          "compare_mlx": False if no_mlx else None,
                                           "cases_dir": str(cases.resolve()) if cases else None})
     if dev:
         where = Project(dev_validation(where.config))

@@ -149,6 +149,8 @@ def decide(report: ValidationReport, settings: ValidateConfig) -> None:
     checks.append(Check("stays in the DM role", (overall["in_role"] or 0) >= settings.min_in_role, overall["in_role"],
                         settings.min_in_role))
     mlx = report.evaluation(TUNED_MLX)
+    if mlx is None and not settings.compare_mlx:
+        report.notes.append("the tuned MLX model was not scored (validate.compare_mlx = false): no drift check of the GGUF")
     if mlx is not None:
         drift = (mlx.overall["tool_f1"] or 0) - (overall["tool_f1"] or 0)
         checks.append(Check("GGUF tool-call F1 vs tuned MLX", drift <= settings.max_gguf_drift, drift,

@@ -54,7 +54,8 @@ def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_p
     vocabulary = tool_vocabulary(project)
     backends = []
     if adapter_dir is not None and base_path is not None:
-        backends.append((TUNED_MLX, lambda: MlxBackend(base_path, adapter_dir)))
+        if config.validate.compare_mlx:
+            backends.append((TUNED_MLX, lambda: MlxBackend(base_path, adapter_dir)))
         if config.validate.compare_base:
             backends.append((BASE_MLX, lambda: MlxBackend(base_path)))
     try:
