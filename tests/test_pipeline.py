@@ -137,3 +137,14 @@ def test_a_rerun_reuses_its_unvalidated_version_and_a_new_export_makes_a_new_one
     assert again.version == first.version == "v1"  # the export was cut short before validation: same version
     promote(tmp_path, "v1")
     assert stage(gguf, tmp_path, "dm-tiny-gemma3n", "Q4_K_M", "tiny", "r1", "fp", 2048).version == "v2"
+
+
+def test_the_data_side_of_the_agent_tables_counts_each_scenario_once(tmp_path):
+    def record(path: str, reply: str) -> str:
+        return json.dumps({"path": path, "messages": [{"role": "user", "content": "I look."},
+                                                      {"role": "assistant", "content": reply}]})
+    lines = [record("a.md", "[roll: perception]"), record("a.md#renamed-1", "[roll: perception]"),
+             record("a.md", "[roll: perception]"), record("b.md", "[heal: Mira, 1d8]")]  # a copy, a balancing repeat
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "valid.jsonl").write_text(record("c.md", "The door opens.") + "\n")
+    assert validate_stage._training_texts(tmp_path) == ["[roll: perception]", "[heal: Mira, 1d8]", "The door opens."]

@@ -27,10 +27,20 @@ class Promoted:
 
 
 def _training_texts(dataset_dir: Path) -> list[str]:
-    """Every DM reply of the dataset (validation flags replies that repeat them word for word)."""
-    return [m["content"] for name in ("train.jsonl", "valid.jsonl") if (dataset_dir / name).exists()
-            for line in (dataset_dir / name).read_text(encoding="utf-8").splitlines()
-            for m in json.loads(line)["messages"] if m["role"] == "assistant"]
+    """The DM replies of the dataset, each scenario once, for the report's counts of the data's calls:
+    its renamed copies (`a.md#renamed-1`) and the balancing's repeats would count a call twice."""
+    seen: set[str] = set()
+    texts: list[str] = []
+    for name in ("train.jsonl", "valid.jsonl"):
+        if not (dataset_dir / name).exists():
+            continue
+        for line in (dataset_dir / name).read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            source = record["path"].split("#renamed-")[0]
+            if source not in seen:
+                seen.add(source)
+                texts += [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+    return texts
 
 
 def tool_vocabulary(project: Project) -> set[str]:
