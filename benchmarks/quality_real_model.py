@@ -14,6 +14,8 @@ its own and the GGUF's drift. The last line gives the figures on text the model 
 
 (Y: the independent set; Z and W: the mean over the real files and the independent set of the
 share of turns with no call where the model made one, and of calls with the right arguments.)
+The line before it gives, per source, the share of reference calls whose argument a model could
+know at all (a skill, dice, or the conversation's words): the ceiling of "arguments".
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ def main() -> int:
         "gguf_identical_replies": same / len(gguf["examples"]) if gguf else None,
         "gguf_f1_drift": (mlx["overall"]["tool_f1"] or 0) - (gguf["overall"]["tool_f1"] or 0) if mlx and gguf else None,
         "checks": report["checks"],
+        "knowable_arguments": knowable_arguments(),
         "train_metrics": [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1],
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -157,9 +160,37 @@ def main() -> int:
         print(f"GGUF ({args.quant}) vs tuned MLX: F1 drift {summary['gguf_f1_drift']:+.3f}, identical replies "
               f"{summary['gguf_identical_replies']:.1%}")
     print_by_source(by_label.get("tuned GGUF") or by_label["tuned MLX"])
+    print("arguments a model could know (skill, dice or the conversation's words): "
+          + ", ".join(f"{source} {share:.2f}" for source, share in summary["knowable_arguments"].items()))
     print(f"run: {seconds / 60:.1f} min, exit {code}; report {args.out / 'quality.json'}")
     print(independent_line(by_label.get("tuned GGUF") or by_label["tuned MLX"]))
     return 0
+
+
+def knowable_arguments() -> dict[str, float]:
+    """Per source, the share of reference calls whose argument a model could know: a skill, an ability
+    or initiative, a dice expression, or words of the conversation so far. The rest (`charge: 0.2`,
+    `transition: campfire_night`) are the author's free choice, so "right argument" cannot exceed it."""
+    from mlx_dm.data.toolcalls import find_calls
+    from mlx_dm.dice import ABILITIES, DICE, SKILL_ABILITY
+    from mlx_dm.evaluate.cases import independent_cases, user_cases
+    from mlx_dm.evaluate.score import normalise_arguments
+
+    names = {*SKILL_ABILITY, *ABILITIES, "initiative", "thieves tools"}
+    sources = {"independent": independent_cases()}
+    if REAL_APP.is_dir():
+        sources["real files"] = user_cases(REAL_APP, ROOT / "ai-training")[0]
+    shares = {}
+    for source, cases in sources.items():
+        known = total = 0
+        for case in cases:
+            said = normalise_arguments(" ".join(m["content"] for m in case.messages))
+            for call in find_calls(case.reference, 1):
+                argument = normalise_arguments(call.arguments)
+                total += 1
+                known += argument.replace("_", " ") in names or bool(DICE.match(argument)) or argument in said
+        shares[source] = known / total if total else 0.0
+    return shares
 
 
 def toml_setting(item: str) -> str:
