@@ -307,7 +307,8 @@ def test_validate_fails_below_thresholds_naming_the_checks(exported):
     report = json.loads(next((project / "runs").glob("*-validate/validation.json")).read_text())
     assert report["cases"] == 3 and not report["passed"]
     # --no-mlx: the GGUF alone, and the report says which check that leaves out.
-    assert [e["label"] for e in report["evaluations"]] == ["tuned GGUF"]
+    labels = [e["label"] for e in report["evaluations"]]
+    assert labels[0] == "tuned GGUF" and "tuned MLX" not in labels and "base MLX" not in labels
     assert any("compare_mlx" in note for note in report["notes"])
 
 
