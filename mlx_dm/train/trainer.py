@@ -176,7 +176,7 @@ class Trainer:
 
 
     def _pass(self, loop: LoopState, order: list[int], pending: "_Accumulator") -> StepTotals | None:
-        """One forward and backward pass; (loss, DM tokens, tokens) when it completed a step, else None."""
+        """One forward and backward pass; the step's totals when it completed a step, else None."""
         setup, world = self.setup, self.setup.world
         if loop.micro_count == 0:
             loop.step_start = loop.position  # a checkpoint mid-accumulation resumes from here
