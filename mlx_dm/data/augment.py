@@ -57,6 +57,14 @@ def renamed_text(text: str, scenario: Scenario, rng: random.Random) -> str | Non
     return pattern.sub(lambda match: new[match.group(1)], text)
 
 
+COPY_MARK = "#renamed-"  # a renamed copy's path: its scenario's path, this mark and the copy's number
+
+
+def original_path(path: str) -> str:
+    """The scenario a dataset row comes from: `a.md` for its renamed copy `a.md#renamed-1`."""
+    return path.split(COPY_MARK)[0]
+
+
 def augmented_copies(scenarios: list[Scenario], root: Path, copies: int, seed: int) -> list[Scenario]:
     """`copies` renamed copies of each scenario (a path like `a.md#renamed-1`), seeded, in order."""
     out = []
@@ -68,7 +76,7 @@ def augmented_copies(scenarios: list[Scenario], root: Path, copies: int, seed: i
         for index in range(1, copies + 1):
             rng = random.Random(f"{seed}:{scenario.path}:{index}")
             changed = renamed_text(text, scenario, rng)
-            parsed = parse_text(changed, f"{scenario.path}#renamed-{index}").scenario if changed else None
+            parsed = parse_text(changed, f"{scenario.path}{COPY_MARK}{index}").scenario if changed else None
             if parsed is None or [t.kind for t in parsed.turns] != [t.kind for t in scenario.turns]:
                 continue
             parsed.category, parsed.category_source = scenario.category, scenario.category_source

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Config
+from ..data.augment import original_path
 from ..errors import ConfigError
 from ..files import atomic_write_text
 from ..registry import find_version
@@ -53,9 +54,8 @@ def incremental_dataset(dataset_dir: Path, out_dir: Path, new_paths: list[str], 
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in (dataset_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()]
-    source = lambda row: row["path"].split("#")[0]  # noqa: E731  (a renamed copy, "a.md#renamed-1", goes with a.md)
-    new = [r for r in rows if source(r) in set(new_paths)]
-    old = [r for r in rows if source(r) not in set(new_paths)]
+    new = [r for r in rows if original_path(r["path"]) in set(new_paths)]  # a renamed copy goes with its scenario
+    old = [r for r in rows if original_path(r["path"]) not in set(new_paths)]
     replay = random.Random(seed).sample(old, min(len(old), max(len(new), round(len(old) * replay_fraction))))
     chosen = sorted(new + replay, key=lambda r: r["path"])
     atomic_write_text(out_dir / "train.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen))
@@ -66,7 +66,7 @@ def incremental_dataset(dataset_dir: Path, out_dir: Path, new_paths: list[str], 
     digest = hashlib.sha256(f"{base}\0incremental\0{replay_fraction}\0{seed}\0{sorted(new_paths)}".encode()).hexdigest()
     atomic_write_text(out_dir / "fingerprint.txt", digest + "\n")
     atomic_write_text(out_dir / "incremental.json", json.dumps(
-        {"new": sorted(new_paths), "replayed": sorted({source(r) for r in replay}), "rows": len(chosen)}, indent=2) + "\n")
+        {"new": sorted(new_paths), "replayed": sorted({original_path(r["path"]) for r in replay}), "rows": len(chosen)}, indent=2) + "\n")
     return out_dir
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..dice import DICE_TOOLS
 from ..errors import ValidationFailed
+from ..data.augment import original_path
 from ..data.profiles import agent_profiles
 from ..evaluate.cases import independent_cases, suite_cases, user_cases, validation_cases
 from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation, write_report
@@ -36,7 +37,7 @@ def _training_texts(dataset_dir: Path) -> list[str]:
             continue
         for line in (dataset_dir / name).read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
-            source = record["path"].split("#renamed-")[0]
+            source = original_path(record["path"])
             if source not in seen:
                 seen.add(source)
                 texts += [m["content"] for m in record["messages"] if m["role"] == "assistant"]
