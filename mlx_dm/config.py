@@ -94,6 +94,7 @@ class ValidateConfig:
     """`mlx-dm validate`: what is generated and the thresholds a model must meet to be used."""
 
     max_tokens: int = 96  # per generated DM reply
+    max_reply_tokens: int = 256  # a case whose reference reply is longer gets its length, up to this (the app's n_predict)
     max_cases: int = 0  # 0: every DM reply of the validation split, the built-in suite and the independent set
     n_ctx: int = 2048  # the context the app creates
     min_tool_f1: float = 0.6  # tool-call F1 (tool names) the tuned GGUF must reach

@@ -7,7 +7,7 @@ import pytest
 from mlx_dm.errors import ConfigError, DataError
 
 from mlx_dm.config import ValidateConfig
-from mlx_dm.evaluate.cases import select_cases, suite_cases, validation_cases
+from mlx_dm.evaluate.cases import reply_budget, select_cases, suite_cases, validation_cases
 from mlx_dm.evaluate.compat import CompatReport, agent_tool_report, memory_from_logs
 from mlx_dm.evaluate.score import (
     Facts,
@@ -205,6 +205,26 @@ def test_the_games_real_files_parse_as_cases_as_they_are_written():
     cases, left_out = user_cases(REAL_APP, STARTER_DIR)
     assert not left_out and len(cases) >= 25  # 30 DM turns, less those that open a file with no turn before them
     assert len({case.case.split("#")[0] for case in cases}) == 10
+
+
+def test_a_long_reference_reply_gets_room_for_its_calls_up_to_the_apps_n_predict():
+    tail = " [roll: perception]"
+    assert reply_budget("Make a Perception check." + tail, 96, 256) == 96
+    assert reply_budget("x" * 600, 96, 256) == 200  # three characters a token: room for the reference's length
+    assert reply_budget("x" * 2000, 96, 256) == 256 and reply_budget("x" * 2000, 96, 0) == 96
+
+
+@pytest.mark.skipif(not REAL_APP.is_dir(), reason="the game's real files (../shared/real-app) are not beside this checkout")
+def test_every_call_of_the_games_files_lies_within_its_cases_budget():
+    # Their replies are long with the call late: a fixed 96 tokens (~4 characters each) stops short of half of them.
+    from mlx_dm.evaluate.cases import user_cases
+
+    cases, _ = user_cases(REAL_APP, STARTER_DIR)
+    offsets = [(case.reference.index("[" + name), case.reference) for case in cases
+               for name, _ in score_calls(case.reference, "", VOCAB).reference]
+    assert sum(offset > 96 * 4 for offset, _ in offsets) >= len(offsets) // 3
+    assert all(offset + len("[roll: perception]") <= 4 * reply_budget(reference, 96, 256) for offset, reference in offsets
+               if offset < 256 * 4)
 
 
 def test_agent_profiles_say_which_calls_each_parser_acts_on_drops_or_rejects(tmp_path):

@@ -50,16 +50,17 @@ def test_doctor_runs_llama_cpp_in_a_child_and_reports_it():
     assert "llama.cpp check" in done.stdout and "pass" in done.stdout and "generated" in done.stdout
 
 
-def test_a_signal_in_llama_cpp_is_named_with_its_stage_and_a_rebuild_hint():
+def test_a_signal_in_llama_cpp_is_named_with_its_stage_and_a_rebuild_hint(tmp_path):
     stack = ('Fatal Python error: Illegal instruction\n\nCurrent thread 0x1 (most recent call first):\n'
              '  File "/venv/lib/python3.11/site-packages/llama_cpp/_internals.py", line 57 in __init__\n'
              '  File "/src/mlx_dm/llama/runtime.py", line 16 in open_gguf\n')
     crash = supervise.describe_crash(signal.SIGILL, {"stage": "export", "step": "checking the GGUF files with llama.cpp",
-                                                     "log": "runs/x/run.log"}, stack)
+                                                     "log": "runs/x/run.log", "project": str(tmp_path)}, stack)
     assert crash.exit_code == 132
     assert "SIGILL (illegal instruction) in llama.cpp during export (checking the GGUF files" in crash.message
     assert "runs/x/run.log" in crash.message
     assert rebuild_command() in crash.hint and "resumes" in crash.hint
+    assert len(list((tmp_path / ".mlx-dm").glob("crash-*.txt"))) == 1  # the stack is kept in the project, not the cwd
 
 
 def test_the_parent_reports_a_worker_killed_by_a_real_signal(tmp_path):

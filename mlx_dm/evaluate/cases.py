@@ -21,6 +21,9 @@ from ..files import sha256_of
 from .score import Facts
 
 SUITE_DIR = Path(__file__).parent / "suite"
+# Characters per token when sizing a reply's room from its reference: Gemma's tokenizer gives about
+# 4 on English prose, so 3 leaves the model room for a reply somewhat longer than the reference's.
+CHARS_PER_TOKEN = 3
 INDEPENDENT_DIR = Path(__file__).parent / "independent"
 
 
@@ -34,6 +37,19 @@ class EvalCase:
     last_user_message: str
     reference: str
     facts: Facts
+
+
+def reply_budget(reference: str, floor: int, ceiling: int) -> int:
+    """Tokens a model may write for one case: `floor`, or the reference reply's own length when that
+    is longer, up to `ceiling` (0: always `floor`).
+
+    Why: the game's authors write replies of ~500 characters with the call late in them (11 of the
+    21 calls in their files come after character 380). Cut at a fixed 96 tokens, a model that
+    writes like them is stopped before half of its calls; the app gives it 256 (n_predict).
+    """
+    if ceiling <= floor:
+        return floor
+    return max(floor, min(ceiling, -(-len(reference) // CHARS_PER_TOKEN)))
 
 
 def _cases(name: str, category: str, source: str, messages: list[dict[str, str]], facts: dict) -> list[EvalCase]:

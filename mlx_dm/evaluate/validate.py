@@ -16,7 +16,7 @@ from ..inference import Backend
 from ..config import ValidateConfig
 from ..errors import ValidationFailed
 from ..files import atomic_write_json, atomic_write_text
-from .cases import EvalCase, select_cases
+from .cases import EvalCase, reply_budget, select_cases
 from ..data.profiles import AgentProfile, builtin_profiles, profile_report
 from .compat import CompatReport, agent_tool_report, check_compat
 from .llama_node import NodeReport, check_in_llama_node
@@ -54,11 +54,13 @@ def generate(backend: Backend, prompt: str, max_tokens: int) -> str:
 
 
 def evaluate_backend(label: str, backend: Backend, cases: list[EvalCase], vocabulary: set[str], max_tokens: int,
-                     progress: Callable[[str, int, int], None] | None = None) -> BackendEval:
+                     progress: Callable[[str, int, int], None] | None = None, max_reply_tokens: int = 0) -> BackendEval:
+    """Greedy replies to every case, scored; a case with a long reference reply gets up to
+    `max_reply_tokens` (cases.reply_budget), the others `max_tokens`."""
     start = time.perf_counter()
     scores = []
     for index, case in enumerate(cases):
-        output = generate(backend, case.prompt, max_tokens)
+        output = generate(backend, case.prompt, reply_budget(case.reference, max_tokens, max_reply_tokens))
         scores.append(ExampleScore(
             case.case, case.category, case.source, output, case.reference,
             score_calls(case.reference, output, vocabulary),
@@ -181,15 +183,16 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
     evaluations = []
     if compat.loads:
         evaluations.append(evaluate_backend(TUNED_GGUF, GgufBackend(gguf, n_ctx=settings.n_ctx), cases, vocabulary,
-                                            settings.max_tokens, progress))
+                                            settings.max_tokens, progress, settings.max_reply_tokens))
     for label, make in mlx_backends:
-        evaluations.append(evaluate_backend(label, make(), cases, vocabulary, settings.max_tokens, progress))
+        evaluations.append(evaluate_backend(label, make(), cases, vocabulary, settings.max_tokens, progress,
+                                            settings.max_reply_tokens))
     if previous_gguf is not None and Path(previous_gguf).is_file():
         previous_compat = check_compat(previous_gguf, conversations[:1], settings.n_ctx, settings.phone_ram_gb,
                                        settings.app_memory_fraction, speed_prompt)
         if previous_compat.loads:
             evaluations.append(evaluate_backend(PREVIOUS_GGUF, GgufBackend(previous_gguf, n_ctx=settings.n_ctx), cases,
-                                                vocabulary, settings.max_tokens, progress))
+                                                vocabulary, settings.max_tokens, progress, settings.max_reply_tokens))
     tuned = next((e for e in evaluations if e.label == TUNED_GGUF), None)
     agent = {"data": agent_tool_report(training_texts, agent_tools),
              "model": agent_tool_report([s.output for s in tuned.scores] if tuned else [], agent_tools)}

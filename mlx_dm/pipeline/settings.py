@@ -37,6 +37,7 @@ def dev_validation(config: Config) -> Config:
     tiny model's random weights make its scores noise, so two candidates show the route."""
     return config.override("the dev profile", validate={
         "quality_thresholds": False, "max_tokens": min(config.validate.max_tokens, 32),
+        "max_reply_tokens": min(config.validate.max_reply_tokens, 32),
         "max_cases": config.validate.max_cases or 12},
         playtest={"thresholds": False, "turns": min(config.playtest.turns, 4),
                   "max_tokens": min(config.playtest.max_tokens, 48)},
