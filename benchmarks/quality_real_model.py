@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_APP = ROOT.parent / "shared" / "real-app" / "ai-training"
 METRICS = ("tool_f1", "tool_precision", "tool_recall", "tool_argument_accuracy", "call_detection", "false_call_rate",
            "format_compliance", "in_role", "context_recall", "no_new_names", "respects_agency")
+SOURCE_METRICS = ("examples", "tool_f1", "tool_f1_interval", "false_call_rate", "tool_argument_accuracy")
 
 
 def machine() -> str:
@@ -138,6 +139,8 @@ def main() -> int:
         "run_exit_code": code, "run_seconds": seconds, "cases": report["cases"],
         "validation_loss": losses,
         "scores": {label: {m: e["overall"][m] for m in METRICS} for label, e in by_label.items()},
+        "by_source": {label: {source: {m: v[m] for m in SOURCE_METRICS} for source, v in e["by_source"].items()}
+                      for label, e in by_label.items()},
         "gguf_identical_replies": same / len(gguf["examples"]) if gguf else None,
         "gguf_f1_drift": (mlx["overall"]["tool_f1"] or 0) - (gguf["overall"]["tool_f1"] or 0) if mlx and gguf else None,
         "checks": report["checks"],
@@ -204,11 +207,17 @@ def toml_setting(item: str) -> str:
 
 
 def print_by_source(evaluation: dict) -> None:
-    print(f"\n{evaluation['label']} by source{'':12}{'cases':>7}{'tool F1':>9}{'no-call errors':>16}{'arguments':>11}")
+    print(f"\n{evaluation['label']} by source{'':12}{'cases':>7}{'tool F1':>9}{'90% interval':>14}"
+          f"{'no-call errors':>16}{'arguments':>11}")
     for source, values in evaluation["by_source"].items():
+        interval = values.get("tool_f1_interval")
         print(f"{source:34}{values['examples']:>7}" + "".join(
-            f"{'n/a' if values[k] is None else f'{values[k]:.3f}':>{w}}"
-            for k, w in (("tool_f1", 9), ("false_call_rate", 16), ("tool_argument_accuracy", 11))))
+            f"{'n/a' if values[k] is None else f'{values[k]:.3f}':>{w}}" if k else f"{interval_text(interval):>{w}}"
+            for k, w in (("tool_f1", 9), ("", 14), ("false_call_rate", 16), ("tool_argument_accuracy", 11))))
+
+
+def interval_text(interval: list[float] | None) -> str:
+    return f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "n/a"
 
 
 def independent_line(evaluation: dict) -> str:

@@ -103,6 +103,20 @@ def test_aggregate_counts_per_call():
     assert abs(agg["tool_f1"] - 2 / 3) < 1e-9 and agg["call_detection"] == 2 / 3
 
 
+def test_the_f1_interval_draws_scenarios_and_brackets_the_f1():
+    from dataclasses import replace
+
+    from mlx_dm.evaluate.score import f1_interval
+
+    right, wrong = example(REFERENCE), example("Tamsin reaches the top.")
+    scores = [replace(right if i % 3 else wrong, case=f"s{i}.md#1") for i in range(12)]
+    low, high = aggregate(scores)["tool_f1_interval"]
+    assert low < aggregate(scores)["tool_f1"] < high <= 1.0
+    assert f1_interval(scores) == f1_interval(scores)  # seeded: the same report twice
+    assert f1_interval([replace(right, case=f"s{i}.md#1") for i in range(5)]) == [1.0, 1.0]
+    assert f1_interval([replace(s, case="one.md#1") for s in scores]) is None  # one scenario: nothing to draw
+
+
 def test_suite_cases_cover_categories_and_expected_calls():
     cases = suite_cases()
     assert {c.category for c in cases} == {"combat", "exploration", "roleplay"}

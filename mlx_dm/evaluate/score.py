@@ -6,6 +6,7 @@ scores are rules over names and phrases: reproducible, but heuristic, and the re
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -180,6 +181,36 @@ class ExampleScore:
 def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator else None
 
+def tool_f1(names: int, predicted: int, reference: int) -> float:
+    """F1 of tool names; with no reference call, 1 for a model that made none and 0 for one that did."""
+    if not reference:
+        return 1.0 if not predicted else 0.0
+    if not names:
+        return 0.0
+    precision, recall = names / predicted, names / reference
+    return 2 * precision * recall / (precision + recall)
+
+def f1_interval(scores: list[ExampleScore], level: float = 0.9, draws: int = 1000, seed: int = 0) -> list[float] | None:
+    """A bootstrap interval of the tool-call F1, drawing whole scenarios with replacement.
+
+    Why: a source holds 20-40 reference calls, so one case more or less moves the F1 by points;
+    the interval shows which differences between two models or two settings a source can tell.
+    Scenarios, not cases, are drawn because the turns of one game depend on each other.
+    """
+    counts: dict[str, list[int]] = {}
+    for s in scores:
+        total = counts.setdefault(s.case.rsplit("#", 1)[0], [0, 0, 0])
+        total[0] += s.calls.name_matches
+        total[1] += len(s.calls.predicted)
+        total[2] += len(s.calls.reference)
+    groups = list(counts.values())
+    if len(groups) < 2 or not any(g[2] for g in groups):
+        return None
+    rng = random.Random(seed)
+    values = sorted(tool_f1(*map(sum, zip(*rng.choices(groups, k=len(groups))))) for _ in range(draws))
+    tail = (1 - level) / 2
+    return [values[int(tail * (draws - 1))], values[int((1 - tail) * (draws - 1))]]
+
 def aggregate(scores: list[ExampleScore]) -> dict:
     """Precision/recall/F1 of tool calls and rates of the other checks over a set of examples."""
     predicted = sum(len(s.calls.predicted) for s in scores)
@@ -188,12 +219,6 @@ def aggregate(scores: list[ExampleScore]) -> dict:
     arguments = sum(s.calls.argument_matches for s in scores)
     precision = _ratio(names, predicted)
     recall = _ratio(names, reference)
-    if precision is None and recall is None:
-        f1 = None
-    elif not precision or not recall:
-        f1 = 0.0
-    else:
-        f1 = 2 * precision * recall / (precision + recall)
     with_calls = [s for s in scores if s.calls.reference]
     without_calls = [s for s in scores if not s.calls.reference]
     expected = sum(len(s.context.expected) for s in scores)
@@ -201,7 +226,8 @@ def aggregate(scores: list[ExampleScore]) -> dict:
         "examples": len(scores),
         "tool_precision": precision,
         "tool_recall": recall,
-        "tool_f1": f1 if reference else (1.0 if not predicted else 0.0),
+        "tool_f1": tool_f1(names, predicted, reference),
+        "tool_f1_interval": f1_interval(scores),  # 90%, scenarios drawn with replacement
         "tool_argument_accuracy": _ratio(arguments, reference),
         "tool_exact_match": _ratio(sum(s.calls.exact for s in scores), len(scores)),
         "call_detection": _ratio(sum(bool(s.calls.predicted) for s in with_calls), len(with_calls)),

@@ -206,12 +206,53 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
     return report
 
 
+def _source_cell(values: dict) -> str:
+    interval = values.get("tool_f1_interval")
+    f1 = _fmt(values.get("tool_f1")) + (f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
+    return " / ".join([f1, _fmt(values.get("false_call_rate")), _fmt(values.get("tool_argument_accuracy"))])
+
+
 def _fmt(value) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+def _score_lines(evaluations: list[BackendEval]) -> list[str]:
+    """The scores tables: overall, by source (with the F1's interval) and by category."""
+    metrics = ["tool_f1", "tool_precision", "tool_recall", "tool_argument_accuracy", "tool_exact_match",
+               "call_detection", "false_call_rate", "syntax_valid", "format_compliance", "in_role",
+               "context_recall", "no_new_names", "no_invented_speakers", "respects_agency", "addresses_actor"]
+    if not evaluations:
+        return []
+    lines = ["", "## Scores", "", "| metric | " + " | ".join(e.label for e in evaluations) + " |",
+              "|---|" + "---|" * len(evaluations)]
+    for metric in metrics:
+        mark = " (heuristic)" if metric in HEURISTIC_METRICS else ""
+        lines.append(f"| {metric}{mark} | " + " | ".join(_fmt(e.overall[metric]) for e in evaluations) + " |")
+    lines += ["", "### By source (tool-call F1 [90% interval] / calls where none belong / right arguments)", "",
+              "The validation split shares no DM sentence with training; the independent set was written apart "
+              "from the starter corpus; the suite checks one behaviour per case. The interval draws the source's "
+              "scenarios again with replacement: two F1s whose intervals overlap widely are not told apart.", "",
+              "| source | " + " | ".join(e.label for e in evaluations) + " |",
+              "|---|" + "---|" * len(evaluations)]
+    by_source = [e.by("source") for e in evaluations]
+    for source in sorted({s.source for e in evaluations for s in e.scores}):
+        cells = [_source_cell(scores.get(source, {})) for scores in by_source]
+        lines.append(f"| {source} | " + " | ".join(cells) + " |")
+    lines += ["", "### By category (tool-call F1 / format compliance / context recall)", "",
+              "| category | " + " | ".join(e.label for e in evaluations) + " |",
+              "|---|" + "---|" * len(evaluations)]
+    by_category = [e.by("category") for e in evaluations]
+    for category in sorted({s.category for e in evaluations for s in e.scores}):
+        cells = [" / ".join(_fmt(scores.get(category, {}).get(k)) for k in ("tool_f1", "format_compliance", "context_recall"))
+                 for scores in by_category]
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    lines += ["", "Heuristic metrics are rules over names and phrases (reproducible, not judgements): "
+              + ", ".join(HEURISTIC_METRICS) + ".", "", "![scores by category](scores.png)"]
+    return lines
 
 
 def markdown_report(report: ValidationReport) -> str:
@@ -223,36 +264,7 @@ def markdown_report(report: ValidationReport) -> str:
         lines.append(f"| {check.name} | {'pass' if check.passed else '**FAIL**'} | {_fmt(check.value)} | "
                      f"{_fmt(check.threshold)} | {check.detail} |")
     lines += [""] + [f"- {note}" for note in report.notes]
-    metrics = ["tool_f1", "tool_precision", "tool_recall", "tool_argument_accuracy", "tool_exact_match",
-               "call_detection", "false_call_rate", "syntax_valid", "format_compliance", "in_role",
-               "context_recall", "no_new_names", "no_invented_speakers", "respects_agency", "addresses_actor"]
-    if report.evaluations:
-        lines += ["", "## Scores", "", "| metric | " + " | ".join(e.label for e in report.evaluations) + " |",
-                  "|---|" + "---|" * len(report.evaluations)]
-        for metric in metrics:
-            mark = " (heuristic)" if metric in HEURISTIC_METRICS else ""
-            lines.append(f"| {metric}{mark} | " + " | ".join(_fmt(e.overall[metric]) for e in report.evaluations) + " |")
-        lines += ["", "### By source (tool-call F1 / calls where none belong / right arguments)", "",
-                  "The validation split shares no DM sentence with training; the independent set was written apart "
-                  "from the starter corpus; the suite checks one behaviour per case.", "",
-                  "| source | " + " | ".join(e.label for e in report.evaluations) + " |",
-                  "|---|" + "---|" * len(report.evaluations)]
-        for source in sorted({s.source for e in report.evaluations for s in e.scores}):
-            cells = [" / ".join(_fmt(e.by("source").get(source, {}).get(k))
-                                for k in ("tool_f1", "false_call_rate", "tool_argument_accuracy")) for e in report.evaluations]
-            lines.append(f"| {source} | " + " | ".join(cells) + " |")
-        lines += ["", "### By category (tool-call F1 / format compliance / context recall)", "",
-                  "| category | " + " | ".join(e.label for e in report.evaluations) + " |",
-                  "|---|" + "---|" * len(report.evaluations)]
-        categories = sorted({s.category for e in report.evaluations for s in e.scores})
-        for category in categories:
-            cells = []
-            for evaluation in report.evaluations:
-                agg = evaluation.by("category").get(category, {})
-                cells.append(" / ".join(_fmt(agg.get(k)) for k in ("tool_f1", "format_compliance", "context_recall")))
-            lines.append(f"| {category} | " + " | ".join(cells) + " |")
-        lines += ["", "Heuristic metrics are rules over names and phrases (reproducible, not judgements): "
-                  + ", ".join(HEURISTIC_METRICS) + ".", "", "![scores by category](scores.png)"]
+    lines += _score_lines(report.evaluations)
     compat = report.compat
     memory = compat.memory or {}
     lines += ["", "## Cactus compatibility", "",
