@@ -117,6 +117,14 @@ def test_the_f1_interval_draws_scenarios_and_brackets_the_f1():
     assert f1_interval([replace(s, case="one.md#1") for s in scores]) is None  # one scenario: nothing to draw
 
 
+def test_by_tool_says_which_tools_a_model_misses_and_invents():
+    from mlx_dm.evaluate.score import by_tool
+
+    scores = [example(REFERENCE), example("No call."), example("Here. [roll: stealth] [status: prone]")]
+    assert by_tool(scores) == {"roll": {"reference": 3, "predicted": 2, "matched": 2},
+                               "status": {"reference": 0, "predicted": 1, "matched": 0}}
+
+
 def test_suite_cases_cover_categories_and_expected_calls():
     cases = suite_cases()
     assert {c.category for c in cases} == {"combat", "exploration", "roleplay"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from ..data.toolcalls import find_calls, find_look_alikes
@@ -210,6 +211,20 @@ def f1_interval(scores: list[ExampleScore], level: float = 0.9, draws: int = 100
     values = sorted(tool_f1(*map(sum, zip(*rng.choices(groups, k=len(groups))))) for _ in range(draws))
     tail = (1 - level) / 2
     return [values[int(tail * (draws - 1))], values[int((1 - tail) * (draws - 1))]]
+
+def by_tool(scores: list[ExampleScore]) -> dict[str, dict[str, int]]:
+    """Per tool name: the reference's calls, the model's, and those paired (a reply's calls of one
+    name pair up to the fewer of the two). Says which tools a model misses or invents."""
+    tools: dict[str, dict[str, int]] = {}
+    for s in scores:
+        reference = Counter(name for name, _ in s.calls.reference)
+        predicted = Counter(name for name, _ in s.calls.predicted)
+        for name in reference | predicted:
+            row = tools.setdefault(name, {"reference": 0, "predicted": 0, "matched": 0})
+            row["reference"] += reference[name]
+            row["predicted"] += predicted[name]
+            row["matched"] += min(reference[name], predicted[name])
+    return dict(sorted(tools.items(), key=lambda item: (-item[1]["reference"], -item[1]["predicted"], item[0])))
 
 def aggregate(scores: list[ExampleScore]) -> dict:
     """Precision/recall/F1 of tool calls and rates of the other checks over a set of examples."""

@@ -20,7 +20,7 @@ from .cases import EvalCase, reply_budget, select_cases
 from ..data.profiles import AgentProfile, builtin_profiles, profile_report
 from .compat import CompatReport, agent_tool_report, check_compat
 from .llama_node import NodeReport, check_in_llama_node
-from .score import HEURISTIC_METRICS, ExampleScore, aggregate, score_calls, score_context, score_interaction
+from .score import HEURISTIC_METRICS, ExampleScore, aggregate, by_tool, score_calls, score_context, score_interaction
 
 CATEGORY_ORDER = ("combat", "exploration", "roleplay")
 CHART_METRICS = (("tool_f1", "tool-call F1"), ("format_compliance", "format compliance"),
@@ -45,7 +45,7 @@ class BackendEval:
 
     def to_dict(self) -> dict:
         return {"label": self.label, "seconds": self.seconds, "overall": self.overall,
-                "by_category": self.by("category"), "by_source": self.by("source"),
+                "by_category": self.by("category"), "by_source": self.by("source"), "by_tool": by_tool(self.scores),
                 "examples": [score.to_dict() for score in self.scores]}
 
 
@@ -220,6 +220,14 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _tool_lines(evaluation: BackendEval) -> list[str]:
+    lines = ["", f"### By tool ({evaluation.label}): the reference's calls, the model's, and those paired", "",
+             "| tool | reference | model | paired |", "|---|---|---|---|"]
+    for name, row in by_tool(evaluation.scores).items():
+        lines.append(f"| `{name}` | {row['reference']} | {row['predicted']} | {row['matched']} |")
+    return lines
+
+
 def _score_lines(evaluations: list[BackendEval]) -> list[str]:
     """The scores tables: overall, by source (with the F1's interval) and by category."""
     metrics = ["tool_f1", "tool_precision", "tool_recall", "tool_argument_accuracy", "tool_exact_match",
@@ -250,6 +258,7 @@ def _score_lines(evaluations: list[BackendEval]) -> list[str]:
         cells = [" / ".join(_fmt(scores.get(category, {}).get(k)) for k in ("tool_f1", "format_compliance", "context_recall"))
                  for scores in by_category]
         lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    lines += _tool_lines(evaluations[0])
     lines += ["", "Heuristic metrics are rules over names and phrases (reproducible, not judgements): "
               + ", ".join(HEURISTIC_METRICS) + ".", "", "![scores by category](scores.png)"]
     return lines
