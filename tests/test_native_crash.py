@@ -64,11 +64,19 @@ def test_a_signal_in_llama_cpp_is_named_with_its_stage_and_a_rebuild_hint(tmp_pa
 
 
 def test_the_parent_reports_a_worker_killed_by_a_real_signal(tmp_path):
-    # A real SIGSEGV raised in the worker one second into `mlx-dm doctor` (which takes longer).
+    # A real SIGSEGV raised in the worker once it has recorded the doctor stage (not after a fixed
+    # time: on a loaded machine the worker may still be starting up a second in).
     (tmp_path / "sitecustomize.py").write_text(
-        "import os, signal, threading\n"
+        "import os, signal, threading, time\n"
+        "def crash_in_doctor():\n"
+        "    path = os.environ.get('MLX_DM_STAGE_FILE', '')\n"
+        "    for _ in range(1200):\n"
+        "        if os.path.exists(path) and 'doctor' in open(path).read():\n"
+        "            break\n"
+        "        time.sleep(0.05)\n"
+        "    signal.raise_signal(signal.SIGSEGV)\n"
         "if os.environ.get('MLX_DM_WORKER') == '1':\n"
-        "    threading.Timer(1.0, signal.raise_signal, (signal.SIGSEGV,)).start()\n")
+        "    threading.Thread(target=crash_in_doctor, daemon=True).start()\n")
     done = subprocess.run([sys.executable, "-m", "mlx_dm", "-C", str(tmp_path), "doctor"], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert done.returncode == 128 + signal.SIGSEGV, done.stdout + done.stderr
