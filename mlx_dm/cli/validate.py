@@ -23,7 +23,7 @@ def validate_command(
     model: Optional[Path] = typer.Option(None, "--model", help="The GGUF to validate (default: the current model in assets/models)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="Its run's adapters/ folder, to score the MLX models beside it (default: from the manifest)."),
     max_cases: Optional[int] = typer.Option(None, "--max-cases", min=0, help="Score only this many cases (0: all)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens generated per DM reply (validate.max_tokens)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", min=1, help="Most tokens generated per DM reply, however long the reference (validate.max_tokens and max_reply_tokens)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context length the app uses."),
     phone_ram_gb: Optional[float] = typer.Option(None, "--phone-ram-gb", help="RAM of the smallest phone to support."),
     no_base: bool = typer.Option(False, "--no-base", help="Do not score the base model."),
@@ -33,8 +33,9 @@ def validate_command(
     project: Optional[Path] = PROJECT_OPTION,
 ) -> None:
     """Score a GGUF on the validation split, the D&D suite, the independent set (and --cases DIR), and check it against the app."""
-    where = project_of(project, validate={"max_cases": max_cases, "max_tokens": max_tokens, "n_ctx": n_ctx,
-                                          "phone_ram_gb": phone_ram_gb, "compare_base": False if no_base else None,
+    where = project_of(project, validate={"max_cases": max_cases, "max_tokens": max_tokens,
+                                          "max_reply_tokens": max_tokens, "n_ctx": n_ctx, "phone_ram_gb": phone_ram_gb,
+                                          "compare_base": False if no_base else None,
                                           "compare_mlx": False if no_mlx else None,
                                           "cases_dir": str(cases.resolve()) if cases else None})
     if dev:
