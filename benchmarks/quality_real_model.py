@@ -170,21 +170,28 @@ def main() -> int:
     return 0
 
 
+def held_out_sources(training_folder: Path = ROOT / "ai-training") -> dict[str, list]:
+    """The cases no training saw: the independent set and, when beside this checkout, the game's real
+    files (less any that `training_folder` holds)."""
+    from mlx_dm.evaluate.cases import independent_cases, user_cases
+
+    sources = {"independent": independent_cases()}
+    if REAL_APP.is_dir():
+        sources["real files"] = user_cases(REAL_APP, training_folder)[0]
+    return sources
+
+
 def knowable_arguments() -> dict[str, float]:
     """Per source, the share of reference calls whose argument a model could know: a skill, an ability
     or initiative, a dice expression, or words of the conversation so far. The rest (`charge: 0.2`,
     `transition: campfire_night`) are the author's free choice, so "right argument" cannot exceed it."""
     from mlx_dm.data.toolcalls import find_calls
     from mlx_dm.dice import ABILITIES, DICE, SKILL_ABILITY
-    from mlx_dm.evaluate.cases import independent_cases, user_cases
     from mlx_dm.evaluate.score import normalise_arguments
 
     names = {*SKILL_ABILITY, *ABILITIES, "initiative", "thieves tools"}
-    sources = {"independent": independent_cases()}
-    if REAL_APP.is_dir():
-        sources["real files"] = user_cases(REAL_APP, ROOT / "ai-training")[0]
     shares = {}
-    for source, cases in sources.items():
+    for source, cases in held_out_sources().items():
         known = total = 0
         for case in cases:
             said = normalise_arguments(" ".join(m["content"] for m in case.messages))

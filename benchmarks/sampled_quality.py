@@ -18,17 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-REAL_APP = ROOT.parent / "shared" / "real-app" / "ai-training"
-
-
-def held_out_sources(project: Path) -> dict[str, list]:
-    from mlx_dm.evaluate.cases import independent_cases, user_cases
-
-    sources = {"independent": independent_cases()}
-    if REAL_APP.is_dir():
-        sources["real files"] = user_cases(REAL_APP, project / "ai-training")[0]
-    return sources
+from quality_real_model import held_out_sources
 
 
 def scores_of(model: Path, cases: list, vocabulary: set[str], temperature: float, seed: int) -> dict:
@@ -59,7 +49,7 @@ def main() -> int:
 
     vocabulary = tool_vocabulary(Project(load_config(args.project)))
     results = {}
-    for source, cases in held_out_sources(args.project).items():
+    for source, cases in held_out_sources(args.project / "ai-training").items():
         greedy = scores_of(args.model, cases, vocabulary, 0.0, 0)
         sampled = [scores_of(args.model, cases, vocabulary, args.temperature, seed) for seed in range(args.seeds)]
         f1s = [s["tool_f1"] for s in sampled]
