@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -33,8 +34,9 @@ class BackendEval:
     scores: list[ExampleScore]
     seconds: float
 
-    @property
+    @cached_property
     def overall(self) -> dict:
+        """Computed once: the report reads it per metric, and each aggregate draws the F1's interval."""
         return aggregate(self.scores)
 
     def by(self, attribute: str) -> dict[str, dict]:
@@ -55,8 +57,8 @@ def generate(backend: Backend, prompt: str, max_tokens: int) -> str:
 
 def evaluate_backend(label: str, backend: Backend, cases: list[EvalCase], vocabulary: set[str], max_tokens: int,
                      progress: Callable[[str, int, int], None] | None = None, max_reply_tokens: int = 0) -> BackendEval:
-    """Greedy replies to every case, scored; a case with a long reference reply gets up to
-    `max_reply_tokens` (cases.reply_budget), the others `max_tokens`."""
+    """The backend's replies to every case (greedy in validation), scored; a case with a long
+    reference reply gets up to `max_reply_tokens` (cases.reply_budget), the others `max_tokens`."""
     start = time.perf_counter()
     scores = []
     for index, case in enumerate(cases):
