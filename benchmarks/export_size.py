@@ -85,6 +85,9 @@ def group_of(name: str) -> str:
 
 
 def main() -> None:
+    from mlx_dm.cpu_blas import warn_if_slow
+
+    warn_if_slow()  # before a run that the reference BLAS would make many times slower
     from gguf import GGUFReader
 
     from mlx_dm.export.gguf import convert_to_gguf, quantize

@@ -82,6 +82,9 @@ def validation_loss(base: Path, adapter: Path | None, dataset_dir: Path, seq: in
 
 
 def main() -> int:
+    from mlx_dm.cpu_blas import warn_if_slow
+
+    warn_if_slow()  # before a run that the reference BLAS would make many times slower
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=3e-4)

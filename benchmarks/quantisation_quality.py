@@ -86,6 +86,9 @@ def row_line(row: dict, reference: float) -> str:
 
 
 def main() -> int:
+    from mlx_dm.cpu_blas import warn_if_slow
+
+    warn_if_slow()  # before a run that the reference BLAS would make many times slower
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--cases", type=int, default=48, help="held-out cases each candidate replies to")

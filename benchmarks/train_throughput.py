@@ -92,6 +92,9 @@ def prepare(base: str, work: Path) -> tuple[Path, Path, Path]:
 
 
 def main() -> None:
+    from mlx_dm.cpu_blas import warn_if_slow
+
+    warn_if_slow()  # before a run that the reference BLAS would make many times slower
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--seq", type=int, default=256)

@@ -83,13 +83,14 @@ def llama_rn_snippet(placed) -> str:
     return "\n".join(lines)
 
 
-def integration(placed, agent_tools: list[str]) -> dict:
-    """integration.json, in the shape the game's model screen reads (`system_prompt`, `tools.supported`)."""
+def integration(placed, agent_tools: list[str], tools: str = "") -> dict:
+    """integration.json, in the shape the game's model screen reads (`system_prompt`, `tools.supported`);
+    `system_prompt` ends with the tool list training rendered (data.tools_in_prompt), so the app sends it too."""
     return {
         "model": {"file": placed.file_name, "asset": f"assets/models/{placed.file_name}", "version": placed.version,
                   "quant": placed.quant, "sha256": placed.sha256, "n_ctx": placed.n_ctx,
                   "mmproj": f"assets/models/{Path(placed.mmproj_path).name}" if placed.mmproj_path else None},
-        "system_prompt": SYSTEM_PROMPT,
+        "system_prompt": SYSTEM_PROMPT + (f"\n\n{tools}" if tools else ""),
         "tools": {"supported": list(agent_tools), "pattern": MODEL_SCREEN_PATTERN,
                   "results": "a user message starting with 'Tool results:', one result per line"},
         "stop": STOP_WORDS,
@@ -97,9 +98,9 @@ def integration(placed, agent_tools: list[str]) -> dict:
     }
 
 
-def write_app_config(models_dir: Path, placed, agent_tools: list[str]) -> None:
+def write_app_config(models_dir: Path, placed, agent_tools: list[str], tools: str = "") -> None:
     atomic_write_text(models_dir / "llama-rn.ts", llama_rn_snippet(placed))
-    atomic_write_json(models_dir / "integration.json", integration(placed, agent_tools))
+    atomic_write_json(models_dir / "integration.json", integration(placed, agent_tools, tools))
     atomic_write_text(models_dir / "cactus-config.ts", cactus_snippet(placed))
     atomic_write_json(models_dir / "cactus-config.json", {
         "modelFile": placed.file_name, "modelAsset": f"assets/models/{placed.file_name}",

@@ -112,9 +112,9 @@ def chat_setting(scenario: Path | None, world: str, location: str, party: list[s
     return parsed.scenario
 
 
-def new_session(backend: Backend, setting: Scenario, seed: int, max_tokens: int) -> ChatSession:
+def new_session(backend: Backend, setting: Scenario, seed: int, max_tokens: int, tools: str = "") -> ChatSession:
     roller = DiceRoller(seed=seed, modifiers=modifiers_from_sheet(setting.player), actor=setting.player_name)
-    return ChatSession(backend, context_text(setting), roller, max_tokens=max_tokens)
+    return ChatSession(backend, context_text(setting, tools), roller, max_tokens=max_tokens)
 
 
 def play(session: ChatSession, text: str, emit: Callable[[str], None]) -> None:

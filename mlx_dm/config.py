@@ -43,6 +43,7 @@ class DataConfig:
     max_file_bytes: int = 1_000_000  # larger files are rejected as not a single scenario
     agent_tools: list[str] = field(default_factory=lambda: list(DEFAULT_AGENT_TOOLS))  # tool names the app's agent acts on
     agent_profiles: dict[str, dict] = field(default_factory=dict)  # parsers of your own beside the built-in three (data/profiles.py)
+    tools_in_prompt: bool = False  # the system text ends with the tools, a line each (when, argument form); integration.json too
     augment_copies: int = 1  # copies of each training scenario with its party renamed throughout (data/augment.py); 0: none
     drill_scenes: int = 0  # generated drill scenes of which call each player action needs, training only (data/drills.py); 0: none, e.g. 40
     include_starter: str = "auto"  # mlx-dm's starter corpus joins the data: "auto" (below starter_below scenarios), "always", "never"
@@ -82,7 +83,12 @@ class TrainConfig:
     steps_per_eval: int = 25  # validation loss every N steps (early stopping and the best adapter use it)
     steps_per_checkpoint: int = 25  # resumable checkpoint every N steps
     keep_checkpoints: int = 3  # the last K checkpoints kept, plus the best
-    patience: int = 3  # evaluations in a row without a better validation loss before training stops early
+    patience: int = 3  # evaluations in a row without a better score (select_by's) before training stops early
+    select_by: str = "calls"  # the adapter shipped: "calls" (finalists by decision loss, then their generated calls) or "loss"
+    finalists: int = 3  # adapters kept by decision loss (the loss at call and end-of-reply tokens) for the final choice
+    select_cases: int = 48  # validation cases each finalist answers greedily (0: every DM reply)
+    select_max_tokens: int = 96  # tokens per finalist reply
+    select_max_false_calls: float = 0.3  # calls where none belongs above this rule a finalist out (unless every one is)
     max_steps: int = 0  # 0: as many as the epochs need
     compute_dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
     init_adapter: str = ""  # start from this adapter folder (incremental retraining)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -57,6 +58,33 @@ def atomic_write_text(target: Path, text: str) -> None:
 
 def atomic_write_json(target: Path, data: Any) -> None:
     atomic_write_text(target, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# What the writers above leave when a kill skips their `finally`: `.<name>.<8 random>.partial` files
+# (atomic_path's mkstemp) and `.<name>.tmp-<pid>` / `.<name>.old-<pid>` folders (write_dir_atomically).
+STALE_FILE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.partial$")
+STALE_DIR = re.compile(r"^\..+\.(tmp|old)-\d+$")
+
+
+def sweep_stale(folders: list[Path]) -> list[Path]:
+    """Remove, under `folders`, the temporary files and folders an interrupted writer left; returns
+    them. Only for folders no other process writes (the caller holds the project's writer lock):
+    a kill -9, an OOM kill or a power cut never runs the cleanup of atomic_path and
+    write_dir_atomically. Names outside those two patterns, the user's files, are never touched."""
+    removed = []
+    for folder in folders:
+        if not Path(folder).is_dir():
+            continue
+        for path in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_symlink() or not path.exists():
+                continue
+            if path.is_file() and STALE_FILE.match(path.name):
+                path.unlink()
+                removed.append(path)
+            elif path.is_dir() and STALE_DIR.match(path.name):
+                shutil.rmtree(path)
+                removed.append(path)
+    return removed
 
 
 def write_dir_atomically(target: Path, write: Callable[[Path], None]) -> Path:

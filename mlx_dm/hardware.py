@@ -116,6 +116,16 @@ def _chip() -> str:
     return platform.processor() or platform.machine()
 
 
+def nvidia_driver() -> bool:
+    """An NVIDIA driver is loaded (as scripts/train-model.js decides between MLX's CUDA and CPU builds)."""
+    if Path("/proc/driver/nvidia/version").exists():
+        return True
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def _mlx_device() -> tuple[str, str, int]:
     """The device MLX will use, why, and the memory limit MLX reports for it."""
     try:
@@ -132,8 +142,11 @@ def _mlx_device() -> tuple[str, str, int]:
         why = "Intel Mac: MLX's Metal backend needs Apple Silicon, so MLX runs on the CPU"
     elif platform.system() == "Darwin":
         why = "Metal is not available to MLX (a VM or an old macOS?): running on the CPU"
+    elif nvidia_driver():
+        why = ("an NVIDIA GPU is here, but this MLX build has no CUDA backend (mlx[cpu]): running on the CPU; "
+               "delete .venv and run again (the bootstrap then installs MLX's CUDA build), or MLX_DM_MLX_BACKEND=cuda")
     else:
-        why = "no Metal GPU and this MLX build has no CUDA backend (mlx[cpu]): running on the CPU"
+        why = "no Metal GPU and no NVIDIA driver: MLX's CPU build (mlx[cpu]) runs on the CPU"
     return "cpu", why, limit
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .app_config import write_app_config
 from .config import load_config
+from .data.profiles import tools_prompt
 from .errors import ModelError
 from .files import atomic_path, atomic_write_json, sha256_of, write_dir_atomically
 
@@ -190,7 +191,8 @@ def promote(project_dir: Path, version: str) -> PlacedModel:
     for item in manifest["versions"]:
         if item["version"] == placed.version:
             item["status"] = "promoted"
-    write_app_config(models_dir, placed, load_config(project_dir).data.agent_tools)
+    data = load_config(project_dir).data
+    write_app_config(models_dir, placed, data.agent_tools, tools_prompt(data.agent_tools, data.tools_in_prompt))
     atomic_write_json(models_dir / "manifest.json", manifest)
     if previous and previous["version"] != placed.version:
         kept = models_dir / VERSIONS / f"{previous['name']}-{previous['version']}"

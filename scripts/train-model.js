@@ -175,6 +175,51 @@ function stagedSources() {
   return staged;
 }
 
+// OpenBLAS for MLX's CPU backend on Linux (mlx_dm/cpu_blas.json: the libraries and the package per
+// package manager). Without it MLX multiplies matrices with the reference BLAS, several times slower.
+// As root it is installed with one line saying so; with sudo only after asking at a terminal (a "no"
+// is remembered); otherwise nothing is installed and every command that computes says why it is slow.
+function ensureCpuBlas() {
+  if (process.platform !== 'linux' || process.env.MLX_DM_CPU_BLAS) return;
+  const table = JSON.parse(fs.readFileSync(path.join(ROOT, 'mlx_dm', 'cpu_blas.json'), 'utf8'));
+  if (table.libraries.some((lib) => fs.existsSync(lib))) return;
+  const installer = table.installers.find((i) => spawnSync('sh', ['-c', `command -v ${i.manager}`], { stdio: 'ignore' }).status === 0);
+  if (!installer) return;
+  const declined = path.join(cacheDir(), 'openblas-declined');
+  let sudo = [];
+  if (process.getuid() !== 0) {
+    if (!process.stdin.isTTY || !hasCommand('sudo') || fs.existsSync(declined)) return;
+    process.stderr.write(`mlx-dm bootstrap: without OpenBLAS, MLX on this CPU runs ${table.slowdown}.\n`
+      + `Install it now with \`sudo ${installer.install.join(' ')}\`? [Y/n] `);
+    const answer = Buffer.alloc(16);
+    let n = 0;
+    try { n = fs.readSync(0, answer, 0, 16, null); } catch { n = 0; }
+    if (/^\s*n/i.test(answer.toString('utf8', 0, n))) {
+      fs.mkdirSync(cacheDir(), { recursive: true });
+      fs.writeFileSync(declined, 'the user answered no; delete this file to be asked again\n');
+      return;
+    }
+    sudo = ['sudo'];
+  }
+  process.stderr.write(`mlx-dm bootstrap: installing OpenBLAS for MLX's CPU backend (${installer.manager} install ${installer.package}; outside .venv, once per machine)\n`);
+  const attempt = (args) => spawnSync(sudo.length ? 'sudo' : args[0], sudo.length ? args : args.slice(1), { stdio: ['inherit', 'ignore', 'inherit'] }).status === 0;
+  const ok = attempt(installer.install) || (installer.refresh.length > 0 && attempt(installer.refresh) && attempt(installer.install));
+  if (!ok) process.stderr.write('mlx-dm bootstrap: OpenBLAS could not be installed (see above); MLX will use the reference BLAS\n');
+}
+
+// MLX's backend on Linux, an extra of pyproject.toml: "cuda" (MLX's CUDA 13 build) where an NVIDIA
+// driver answers, else "cpu"; none on macOS (Metal comes with mlx). MLX_DM_MLX_BACKEND=cpu|cuda
+// chooses. The two builds write the same library files, so a venv holds one: a change reinstalls.
+function mlxBackend() {
+  if (process.platform !== 'linux') return '';
+  const chosen = process.env.MLX_DM_MLX_BACKEND;
+  if (chosen === 'cpu' || chosen === 'cuda') return chosen;
+  if (chosen) fail(`MLX_DM_MLX_BACKEND=${chosen} is not a backend`, 'set it to cpu or cuda, or unset it', 2);
+  const driver = fs.existsSync('/proc/driver/nvidia/version')
+    || spawnSync('nvidia-smi', ['-L'], { stdio: 'ignore' }).status === 0;
+  return driver && process.arch === 'x64' ? 'cuda' : 'cpu';
+}
+
 function installPackage(python, extras, useUv) {
   const source = INSTALLED ? stagedSources() : ROOT;
   const target = `${source}${extras ? `[${extras}]` : ''}`;
@@ -226,7 +271,8 @@ function main() {
     return;
   }
   const pytest = args[0] === 'pytest';
-  const venv = ensureEnvironment(pytest ? 'test' : '');
+  ensureCpuBlas();
+  const venv = ensureEnvironment([pytest ? 'test' : '', mlxBackend()].filter(Boolean).join(','));
   const [cmd, cmdArgs] = pytest
     ? [venvBin(venv, 'python'), ['-m', 'pytest', ...args.slice(1)]]
     : [venvBin(venv, 'mlx-dm'), args];

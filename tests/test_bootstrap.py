@@ -24,11 +24,19 @@ def node(args, env_extra, timeout=120):
     return subprocess.run(["node", str(SCRIPT), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+# MLX's backend extra the bootstrap adds on Linux: "cpu" on these machines (no NVIDIA driver).
+BACKEND = "cpu" if sys.platform.startswith("linux") else ""
+
+
+def with_backend(extras: str = "") -> str:
+    return ",".join(e for e in (extras, BACKEND) if e)
+
+
 def stamp_for(extras: str = "") -> str:
     """The install stamp the bootstrap writes: pyproject.toml, the extras and the llama.cpp build flags."""
     from mlx_dm.llama.build import stamp_key
 
-    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + f"extras={extras}".encode()
+    return hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + f"extras={with_backend(extras)}".encode()
                           + stamp_key().encode()).hexdigest()
 
 
@@ -83,13 +91,41 @@ def test_installs_only_when_pyproject_changed(tmp_path):
     assert first.returncode == 4 and "mlx-dm train --epochs 2" in first.stdout
     calls = (tmp_path / "calls.log").read_text()
     assert f"python -m pip install --no-deps --force-reinstall {wheel}" in calls
-    assert calls.index("--force-reinstall") < calls.index(f"python -m pip install -e {ROOT}\n")
+    installed = f"{ROOT}[{with_backend()}]" if with_backend() else str(ROOT)
+    assert calls.index("--force-reinstall") < calls.index(f"python -m pip install -e {installed}\n")
     assert (venv / ".mlx-dm-install-stamp").read_text().strip() == stamp_for()
     (tmp_path / "calls.log").unlink()
     second = node(["train"], env)
     assert second.returncode == 4 and not (tmp_path / "calls.log").exists()
     node(["pytest", "-k", "x"], env)
-    assert f"python -m pip install -e {ROOT}[test]" in (tmp_path / "calls.log").read_text()
+    assert f"python -m pip install -e {ROOT}[{with_backend('test')}]" in (tmp_path / "calls.log").read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine != "x86_64",
+                    reason="MLX's CUDA build is for Linux x86_64")
+def test_an_nvidia_driver_gets_mlx_cuda_build(tmp_path):
+    """Where an NVIDIA driver answers (`nvidia-smi -L`), the venv gets MLX's CUDA build (the `cuda`
+    extra) instead of the CPU one; MLX_DM_MLX_BACKEND overrides, and a wrong value is named."""
+    from mlx_dm.llama.build import stamp_key
+
+    venv = fake_venv(tmp_path, 'echo "mlx-dm $*"\n', stamp="old")
+    wheel = tmp_path / "cache" / "wheels" / f"llama-cpp-python-0.3.36-py3.11-{stamp_key()[:16]}" / "llama.whl"
+    wheel.parent.mkdir(parents=True)
+    wheel.write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {"MLX_DM_VENV": str(venv), "MLX_DM_CACHE": str(tmp_path / "cache"), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    if os.path.exists("/proc/driver/nvidia/version"):
+        pytest.skip("this machine has an NVIDIA driver: the CPU case below cannot be shown")
+    assert node(["doctor"], env).returncode == 0
+    assert f"python -m pip install -e {ROOT}[cuda]\n" in (tmp_path / "calls.log").read_text()
+    (tmp_path / "calls.log").unlink()
+    assert node(["doctor"], {**env, "MLX_DM_MLX_BACKEND": "cpu"}).returncode == 0  # another backend: reinstalls
+    assert f"python -m pip install -e {ROOT}[cpu]\n" in (tmp_path / "calls.log").read_text()
+    wrong = node(["doctor"], {**env, "MLX_DM_MLX_BACKEND": "rocm"})
+    assert wrong.returncode == 2 and "MLX_DM_MLX_BACKEND=rocm is not a backend" in wrong.stderr
 
 
 def test_from_node_modules_installs_a_copy_of_the_sources_and_writes_nothing_there(tmp_path):
@@ -105,7 +141,7 @@ def test_from_node_modules_installs_a_copy_of_the_sources_and_writes_nothing_the
     before = sorted(p.relative_to(package) for p in package.rglob("*"))
     venv = fake_venv(tmp_path, 'echo "mlx-dm $* in $PWD"\n', stamp=None)
     with (venv / "bin" / "python").open("a") as python:  # the fake pip says whether it got the whole package
-        python.write('for a in "$@"; do [ -f "$a/mlx_dm/cli/__init__.py" ] && echo "staged $a" >> ' + str(tmp_path / "calls.log") + '; done\ntrue\n')
+        python.write('for a in "$@"; do a="${a%%[*}"; [ -f "$a/mlx_dm/cli/__init__.py" ] && echo "staged $a" >> ' + str(tmp_path / "calls.log") + '; done\ntrue\n')
     wheel = tmp_path / "cache" / "wheels" / f"llama-cpp-python-0.3.36-py3.11-{stamp_key()[:16]}" / "llama.whl"
     wheel.parent.mkdir(parents=True)
     wheel.write_text("")
@@ -116,7 +152,8 @@ def test_from_node_modules_installs_a_copy_of_the_sources_and_writes_nothing_the
     assert first.returncode == 0 and f"mlx-dm doctor in {tmp_path / 'game'}" in first.stdout, first.stderr
     calls = (tmp_path / "calls.log").read_text()
     (staged,) = [line.split(" ", 1)[1] for line in calls.splitlines() if line.startswith("staged ")]
-    assert f"python -m pip install {staged}\n" in calls and " -e " not in calls and not Path(staged).exists()
+    extras = f"[{with_backend()}]" if with_backend() else ""
+    assert f"python -m pip install {staged}{extras}\n" in calls and " -e " not in calls and not Path(staged).exists()
     assert sorted(p.relative_to(package) for p in package.rglob("*")) == before
     (tmp_path / "calls.log").unlink()
     assert run().returncode == 0 and not (tmp_path / "calls.log").exists()  # installed: nothing to do

@@ -204,7 +204,7 @@ def test_starter_corpus():
     assert s.accepted >= 60 and not s.rejected
     assert all(s.categories_before.get(c, 0) >= 15 for c in ("combat", "roleplay", "exploration"))
     for scenario in dataset.train + dataset.valid:
-        assert 3 <= len(scenario.turns) <= 20, scenario.path
+        assert 3 <= len(scenario.turns) <= 40, scenario.path  # long ones train as windows (batching.py)
     forms = {sc.form for sc in dataset.train + dataset.valid}
     assert forms == {"headings", "tags"}
     from mlx_dm.config import DEFAULT_AGENT_TOOLS
@@ -212,6 +212,34 @@ def test_starter_corpus():
     for tool in ("attack", "save", "spellcast", "transition", "add_to_inventory", *DEFAULT_AGENT_TOOLS):
         assert tool in s.tools, tool
     assert s.warnings == 0, [str(p) for p in dataset.problems]
+
+
+def test_the_starter_corpus_teaches_every_tool_the_game_uses_and_when_not_to_call():
+    """#39: >= 300 scenarios; the game's scene tools as well as rolls of every skill; at least half of
+    the DM turns without a call (a check only where the outcome is uncertain)."""
+    from collections import Counter
+
+    from mlx_dm.data.discover import scan
+    from mlx_dm.data.scenario import DM
+    from mlx_dm.data.toolcalls import find_calls
+
+    scenarios = [s.scenario for s in scan(STARTER_DIR).accepted]
+    assert len(scenarios) >= 300
+    replies = [turn.text for scenario in scenarios for turn in scenario.turns if turn.kind == DM]
+    calls = [call for text in replies for call in find_calls(text, 1)]
+    tools = Counter(call.name for call in calls)
+    scene = ("transition", "add_to_inventory", "add_to_party", "charge", "award_exp", "inventory", "health")
+    assert all(tools[name] >= 20 for name in scene), tools
+    assert sum(tools[name] for name in scene) >= 0.35 * len(calls)
+    assert all(tools[name] >= 20 for name in ("roll", "damage", "heal", "save", "spellcast", "attack")), tools
+    skills = {call.arguments.strip() for call in calls if call.name == "roll"}
+    assert SKILLS <= skills, SKILLS - skills
+    assert sum(not find_calls(text, 1) for text in replies) >= 0.5 * len(replies)
+
+
+SKILLS = {"acrobatics", "animal_handling", "arcana", "athletics", "deception", "history", "insight", "intimidation",
+          "investigation", "medicine", "nature", "perception", "performance", "persuasion", "religion",
+          "sleight_of_hand", "stealth", "survival"}
 
 
 def test_tool_vocabulary_reports_new_tools_and_keeps_user_docs(tmp_path):
@@ -302,3 +330,37 @@ def _with_settings(folder, text):
     folder.mkdir(parents=True)
     (folder / "mlx-dm.toml").write_text(text, encoding="utf-8")
     return folder
+
+
+def test_the_tools_in_the_prompt_are_what_training_validation_and_the_app_see(write_md, tmp_path):
+    """data.tools_in_prompt: the system text ends with the tool list in the dataset, in every case
+    validation scores, in the playtest and in integration.json; off, nothing changes."""
+    from mlx_dm.app_config import integration
+    from mlx_dm.config import load_config
+    from mlx_dm.data.profiles import TOOLS_HEADER, tools_prompt
+    from mlx_dm.evaluate.cases import independent_cases
+    from mlx_dm.pipeline.data import build
+    from mlx_dm.pipeline.project import Project
+
+    for i in range(4):
+        write_md(f"ai-training/s{i}.md", scenario_text(world=f"World {i}"))
+    (tmp_path / "mlx-dm.toml").write_text('[data]\ninclude_starter = "never"\n')
+    off = build(load_config(tmp_path))
+    (tmp_path / "mlx-dm.toml").write_text('[data]\ninclude_starter = "never"\ntools_in_prompt = true\n')
+    config = load_config(tmp_path)
+    on = build(config)
+    tools = Project(config).tools_prompt
+    assert tools == tools_prompt(config.data.agent_tools, True) and tools.startswith(TOOLS_HEADER)
+    assert "- transition (the party moves to a new scene): [transition: night_camp]" in tools
+    assert on.dataset.summary.fingerprint != off.dataset.summary.fingerprint  # a retrain, not "nothing changed"
+    record = json.loads((on.path / "train.jsonl").read_text().splitlines()[0])
+    assert record["context"].endswith(tools) and record["messages"][0]["content"].startswith(record["context"])
+    case = independent_cases(tools)[0]
+    assert f"{tools}\n\n" in case.messages[0]["content"] and tools in case.prompt
+    assert not any(TOOLS_HEADER in c.prompt for c in independent_cases())
+
+    class Placed:
+        file_name, version, quant, sha256, n_ctx, mmproj_path = "m.gguf", "v1", "Q4_K_M", "0", 2048, None
+
+    assert integration(Placed(), config.data.agent_tools, tools)["system_prompt"].endswith("\n\n" + tools)
+    assert TOOLS_HEADER not in integration(Placed(), config.data.agent_tools)["system_prompt"]

@@ -12,6 +12,7 @@ from mlx_dm.evaluate.compat import CompatReport, agent_tool_report, memory_from_
 from mlx_dm.evaluate.score import (
     Facts,
     aggregate,
+    f1_text,
     normalise_arguments,
     score_calls,
     score_context,
@@ -53,7 +54,16 @@ def test_missing_call_and_call_where_none_belongs():
     extra = aggregate([example("The road is quiet. [roll: perception]", reference="The road is quiet.")])
     assert extra["false_call_rate"] == 1.0 and extra["tool_precision"] == 0.0
     quiet = aggregate([example("The road is quiet.", reference="The road is quiet.")])
-    assert quiet["tool_f1"] == 1.0 and quiet["tool_exact_match"] == 1.0 and quiet["false_call_rate"] == 0.0
+    assert quiet["tool_f1"] is None and quiet["tool_exact_match"] == 1.0 and quiet["false_call_rate"] == 0.0
+
+
+def test_an_f1_over_no_calls_reads_not_applicable():
+    """No call on either side: not a perfect 1.000 (a `--dev` run's random model read as one)."""
+    quiet = aggregate([example("The road is quiet.", reference="The road is quiet.")])
+    assert f1_text(quiet) == "n/a (no calls)"
+    assert f1_text(aggregate([example("Tamsin sees nothing.")])) == "0.000"
+    right = aggregate([example("Tamsin hears a scrape. [roll: perception]")])
+    assert f1_text(right) == "1.000" and (right["reference_calls"], right["predicted_calls"]) == (1, 1)
 
 
 def test_malformed_and_unknown_calls_are_reported():

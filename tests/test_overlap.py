@@ -73,3 +73,24 @@ def test_the_independent_set_covers_every_agent_tool_and_shares_no_text_with_the
     independent = set().union(*(dm_sentences(s.scenario) for s in scan(INDEPENDENT_DIR).accepted))
     starter = set().union(*(dm_sentences(s.scenario) for s in scan(STARTER_DIR).accepted))
     assert not independent & starter
+
+
+def test_no_starter_sentence_occurs_in_any_held_out_source():
+    """The starter corpus trains; the suite, the playtest scripts, the independent set and the game's
+    own files (when beside the checkout) measure. No DM sentence of six words or more crosses over."""
+    from mlx_dm.data.discover import scan
+    from mlx_dm.evaluate.cases import INDEPENDENT_DIR, SUITE_DIR
+
+    from .conftest import ROOT
+
+    starter = {}
+    for s in scan(STARTER_DIR).accepted:
+        for sentence in dm_sentences(s.scenario):
+            starter.setdefault(sentence, s.path)
+    held_out = [INDEPENDENT_DIR, SUITE_DIR, SUITE_DIR.parent / "playtests"]
+    held_out += [p for p in (ROOT.parent / "shared" / "real-app" / "ai-training",
+                             ROOT.parent / "shared" / "real-app-history") if p.is_dir()]
+    for folder in held_out:
+        for s in scan(folder).accepted:
+            shared = {sentence: starter[sentence] for sentence in dm_sentences(s.scenario) if sentence in starter}
+            assert not shared, f"{folder}/{s.path} shares DM text with the starter corpus: {shared}"

@@ -103,3 +103,28 @@ def test_data_changes_and_incremental_dataset(tmp_path):
     assert chosen == [json.loads(line)["path"] for line in
                       (incremental_dataset(dataset, tmp_path / "again", ["s9.md"], 0.5, 1) / "train.jsonl").read_text().splitlines()]
     assert (out / "fingerprint.txt").read_text() != "abc\n"
+
+
+def test_a_writer_sweeps_the_half_written_files_a_killed_run_left(tmp_path):
+    """#43: a kill -9 skips atomic_path's cleanup; the next writer of the project removes what it
+    left (and says so), never a file of the user's."""
+    import subprocess
+    import sys
+
+    models = tmp_path / "assets" / "models"
+    export = tmp_path / "runs" / "20261204-000000-train" / "export"
+    for folder in (models, export, tmp_path / "ai-training"):
+        folder.mkdir(parents=True)
+    stale = [models / ".dm-v1-Q4_K_M.gguf.k2j4_x9a.partial", models / ".manifest.json.a1B2c3D4.partial",
+             export / ".dm-f16.gguf.zz9yx8w7.partial"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (export / ".adapters.tmp-4242").mkdir()
+    kept = [models / ".my-notes.partial", models / "mine.gguf.partial", tmp_path / "ai-training" / ".x.abcdefgh.partial"]
+    for path in kept:
+        path.write_text("the user's")
+    result = subprocess.run([sys.executable, "-m", "mlx_dm", "-C", str(tmp_path), "data", "build"], capture_output=True,
+                            text=True, timeout=300)
+    assert "removed 4 half-written file(s) an interrupted run left" in result.stdout, result.stdout + result.stderr
+    assert not any(path.exists() for path in stale) and not (export / ".adapters.tmp-4242").exists()
+    assert all(path.read_text() == "the user's" for path in kept)

@@ -40,7 +40,7 @@ def chat_command(
     else:
         backend = MlxBackend(where.base(where.base_of_adapter(model, base)), model, temperature=temperature)
     setting = chat_setting(scenario, world, location, party)
-    session = new_session(backend, setting, seed, max_tokens)
+    session = new_session(backend, setting, seed, max_tokens, where.tools_prompt)
     if prompt is not None:
         play(session, prompt, _emit)
         return

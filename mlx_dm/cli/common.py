@@ -12,10 +12,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from .. import cpu_blas
 from ..config import Config
 from ..errors import MlxDmError
 from ..hardware import Hardware, detect
+from ..files import sweep_stale
 from ..lock import project_lock
+from ..registry import models_dir_of
 from ..pipeline.project import Project
 from ..pipeline.settings import resolve_settings
 
@@ -55,19 +58,38 @@ def project_of(project: Optional[Path] = None, dev: bool = False, **flags: dict)
     return Project(settings(project, dev, **flags))
 
 
-def writes_project(command: str):
+def writes_project(command: str, computes: bool = True):
     """Run the command under the project's writer lock (lock.py): one writer per project at a time.
 
-    The processes an `mlx.launch` group starts beside process 0 write nothing and take no lock."""
+    A command that `computes` (trains, scores, benchmarks) first says when MLX runs on a CPU with
+    the reference BLAS (cpu_blas.py). The processes an `mlx.launch` group starts beside process 0
+    write nothing and take no lock."""
     def decorate(func):
         @functools.wraps(func)
         def locked(*args, **kwargs):
             if os.environ.get("MLX_RANK", "0") not in ("", "0"):
                 return func(*args, **kwargs)
-            with project_lock(project_dir(kwargs.get("project")), f"mlx-dm {command}"):
+            if computes:
+                cpu_blas.warn_if_slow(lambda text: err_console.print(f"[yellow]{escape(text)}[/yellow]"))
+            root = project_dir(kwargs.get("project")).resolve()
+            with project_lock(root, f"mlx-dm {command}"):
+                _sweep(root)
                 return func(*args, **kwargs)
         return locked
     return decorate
+
+
+def _sweep(root: Path) -> None:
+    """Half-written files of an earlier, killed writer of this project (files.sweep_stale), removed
+    while this command holds the lock: say what went."""
+    config = settings(root)
+    folders = [models_dir_of(root), config.path(config.runs_dir), config.path(config.data.dataset_dir),
+               root / ".mlx-dm" / "models"]
+    removed = sweep_stale(folders)
+    if removed:
+        shown = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in removed[:5]]
+        say(f"removed {len(removed)} half-written file(s) an interrupted run left: {', '.join(shown)}"
+            + (" ..." if len(removed) > 5 else ""))
 
 
 def print_error(exc: MlxDmError) -> None:

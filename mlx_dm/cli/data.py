@@ -100,7 +100,7 @@ def data_stats(scenarios: Optional[Path] = SCENARIOS_OPTION, project: Optional[P
 
 
 @data_app.command("build")
-@writes_project("data build")
+@writes_project("data build", computes=False)
 def data_build(
     scenarios: Optional[Path] = SCENARIOS_OPTION,
     out: Optional[Path] = typer.Option(None, "--out", help="Dataset folder (default: data.dataset_dir)."),

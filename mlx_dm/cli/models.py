@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import ValidationFailed
+from ..evaluate.score import f1_text
 from ..registry import find_version, promote, rollback
 from .common import PROJECT_OPTION, console, models_app, project_of, writes_project
 
@@ -26,9 +27,9 @@ def models_list(project: Optional[Path] = PROJECT_OPTION) -> None:
     for column in ("", "version", "status", "quant", "size", "tool F1", "created"):
         table.add_column(column, no_wrap=True)
     for entry in manifest["versions"]:
-        f1 = (entry.get("scores") or {}).get("tool_f1")
+        scores = entry.get("scores") or {}
         table.add_row("*" if entry["version"] == current else "", entry["version"], entry.get("status", ""), entry["quant"],
-                      f"{entry['size_bytes'] / 1e6:.1f} MB", "" if f1 is None else f"{f1:.3f}", entry["created"][:16])
+                      f"{entry['size_bytes'] / 1e6:.1f} MB", f1_text(scores) if scores else "", entry["created"][:16])
     console.print(table)
 
 
@@ -39,7 +40,7 @@ def models_show(version: str = typer.Argument(..., help="e.g. v2"), project: Opt
 
 
 @models_app.command("promote")
-@writes_project("models promote")
+@writes_project("models promote", computes=False)
 def models_promote(version: str = typer.Argument(..., help="The version to put in the app, e.g. v2."),
                    force: bool = typer.Option(False, "--force", help="Promote a version that has not passed validation."),
                    project: Optional[Path] = PROJECT_OPTION) -> None:
@@ -54,7 +55,7 @@ def models_promote(version: str = typer.Argument(..., help="The version to put i
 
 
 @models_app.command("rollback")
-@writes_project("models rollback")
+@writes_project("models rollback", computes=False)
 def models_rollback(project: Optional[Path] = PROJECT_OPTION) -> None:
     """Back to the version promoted before the current one."""
     placed = rollback(project_of(project).root)

@@ -13,6 +13,7 @@ from rich.table import Table
 from .. import supervise
 from ..app_config import llama_rn_snippet
 from ..data.dataset import starter_line
+from ..evaluate.score import f1_text
 from ..pipeline.reporter import Reporter
 from .common import console, say
 
@@ -107,6 +108,9 @@ def show_training(trained) -> None:
         probed = result.grad_accumulation > config.train.grad_accumulation  # only the probe raises it
         say(f"batch: {result.micro_batch_size} rows per pass × {result.grad_accumulation} accumulated"
             f"{processes}{' (auto_batch probed the memory)' if probed else ''}")
+    if result.selection:
+        say(f"shipped by its calls: {result.selection['reason']} ({result.selection['cases']} cases, "
+            f"{result.selection['seconds']:.0f} s; {result.run_dir / 'selection.md'})")
     if result.grad_checkpoint and not config.train.grad_checkpoint:
         say("gradient checkpointing: on (one row did not fit the memory budget without it)")
 
@@ -153,10 +157,10 @@ def show_validation(outcome) -> None:
     for evaluation in report.evaluations:
         o = evaluation.overall
         recall = "n/a" if o["context_recall"] is None else round(o["context_recall"], 3)
-        say(f"{evaluation.label}: tool F1 {o['tool_f1'] if o['tool_f1'] is None else round(o['tool_f1'], 3)}, "
+        say(f"{evaluation.label}: tool F1 {f1_text(o)}, "
             f"format {o['format_compliance']:.3f}, context recall {recall} ({evaluation.seconds:.0f} s)")
         by_source = evaluation.by("source")
-        say("  " + "; ".join(f"{source} F1 {_cell(values.get('tool_f1'))}" for source, values in sorted(by_source.items())))
+        say("  " + "; ".join(f"{source} F1 {f1_text(values)}" for source, values in sorted(by_source.items())))
     for note in report.notes:
         say(f"[yellow]note[/yellow] {escape(note)}")
     say(f"report: {path}")

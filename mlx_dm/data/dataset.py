@@ -178,11 +178,14 @@ def tool_vocabulary(scenarios: list[Scenario], agent_tools: list[str]) -> dict[s
     return dict(sorted(vocab.items(), key=lambda kv: (-kv[1].count, kv[0])))
 
 
-def data_fingerprint(scenarios: list[Scenario], augment_copies: int = 0, drills: int = 0) -> str:
-    """The data's identity: every file's path and content, and the augmentation that trains on them."""
+def data_fingerprint(scenarios: list[Scenario], augment_copies: int = 0, drills: int = 0, tools: str = "") -> str:
+    """The data's identity: every file's path and content, the augmentation that trains on them and
+    the tool list the system text carries."""
     digest = hashlib.sha256(f"augment={augment_copies}\n".encode() if augment_copies else b"")
     if drills:
         digest.update(f"drills={drills}\n".encode())
+    if tools:
+        digest.update(f"tools={tools}\n".encode())
     for scenario in sorted(scenarios, key=lambda s: s.path):
         digest.update(f"{scenario.path}\0{scenario.content_sha256}\n".encode())
     return digest.hexdigest()
@@ -228,6 +231,7 @@ class Dataset:
     problems: list[Problem]
     augmented: list[Scenario] = field(default_factory=list)  # renamed copies of training scenarios (augment.py)
     drills: list[Scenario] = field(default_factory=list)  # generated drill scenes, training only (drills.py)
+    tools: str = ""  # the system text's tool list (profiles.tools_prompt), rendered into every record
 
 
 def _promote_warnings(scan_result: ScanResult) -> None:
@@ -242,7 +246,7 @@ def _promote_warnings(scan_result: ScanResult) -> None:
 def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, strict: bool = False,
                   balance_mix: dict[str, float] | None = None, agent_tools: list[str] | None = None,
                   max_file_bytes: int = 1_000_000, scan_result: ScanResult | None = None,
-                  augment_copies: int = 0, drills: int = 0) -> Dataset:
+                  augment_copies: int = 0, drills: int = 0, tools: str = "") -> Dataset:
     from ..config import DEFAULT_AGENT_TOOLS
 
     result = scan_result or scan(Path(root), max_file_bytes)
@@ -298,12 +302,12 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
         characters=sum(len(render_scenario(s).text) for s in scenarios),
         tools={name: info.count for name, info in vocab.items()},
         agent_drops=[name for name, info in vocab.items() if not info.agent_acts],
-        fingerprint=data_fingerprint(scenarios, augment_copies, drills),
+        fingerprint=data_fingerprint(scenarios, augment_copies, drills, tools),
         augmented=len(augmented),
         drills=len(scenes),
         split_overlap={**overlap.to_dict(), "warning": overlap.warning},
     )
-    return Dataset(summary, train, valid, balanced, vocab, problems, augmented, scenes)
+    return Dataset(summary, train, valid, balanced, vocab, problems, augmented, scenes, tools)
 
 
 def scenario_facts(scenario: Scenario) -> dict:
@@ -314,15 +318,15 @@ def scenario_facts(scenario: Scenario) -> dict:
     return {"party": party, "location": scenario.location, "world": scenario.world}
 
 
-def _record(scenario: Scenario) -> dict:
-    rendered = render_scenario(scenario)
+def _record(scenario: Scenario, tools: str) -> dict:
+    rendered = render_scenario(scenario, tools)
     return {
         "path": scenario.path,
         "category": scenario.category,
         "category_source": scenario.category_source,
         "facts": scenario_facts(scenario),
         "messages": rendered.messages,
-        "context": context_text(scenario),  # restarts each training window of a long scenario
+        "context": context_text(scenario, tools),  # restarts each training window of a long scenario
         "text": rendered.text,
         "train_spans": rendered.train_spans,
     }
@@ -333,7 +337,7 @@ def write_dataset(dataset: Dataset, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, items in (("train", dataset.train_balanced + dataset.augmented + dataset.drills), ("valid", dataset.valid)):
-        atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(_record(s), ensure_ascii=False) + "\n" for s in items))
+        atomic_write_text(out_dir / f"{name}.jsonl", "".join(json.dumps(_record(s, dataset.tools), ensure_ascii=False) + "\n" for s in items))
     atomic_write_json(out_dir / "stats.json", dataset.summary.to_dict())
     atomic_write_json(out_dir / "vocabulary.json", {k: asdict(v) for k, v in dataset.vocabulary.items()})
     atomic_write_json(out_dir / "problems.json", [asdict(p) for p in dataset.problems])

@@ -42,6 +42,42 @@ class AgentProfile:
         return "acts"
 
 
+# The system text's tool list (data.tools_in_prompt): when the game needs each call and the argument
+# form it reads. The app's agent's tools come first, then the game's other tools, in this order.
+TOOLS_HEADER = "Tools: write a call in your reply, as [name: argument], only when the game must act."
+TOOL_GUIDE: dict[str, tuple[str, str]] = {
+    "roll": ("an ability check whose outcome is uncertain, or initiative", "[roll: perception]"),
+    "skill_check": ("an ability check (the older name of roll)", "[skill_check: arcana]"),
+    "save": ("a saving throw against a trap, spell or effect", "[save: dexterity]"),
+    "attack": ("a character attacks", "[attack: goblin, shortsword]"),
+    "damage": ("damage after a hit or a failed save", "[damage: 1d8+3]"),
+    "heal": ("healing from a spell or a potion", "[heal: Name, 1d8+3]"),
+    "spellcast": ("a character casts a spell", "[spellcast: Shield, 1st level, self]"),
+    "health": ("hit points change without dice (a fall, poison, rest)", "[health: Name, -4]"),
+    "status": ("a condition starts or ends", "[status: Name, poisoned]"),
+    "update": ("a note the game keeps (a clue, a coin count)", "[update: Name, note]"),
+    "inventory": ("a character uses, spends or hands over an item", "[inventory: Name, -rope]"),
+    "add_to_inventory": ("the party gains an item", "[add_to_inventory: Iron key]"),
+    "transition": ("the party moves to a new scene", "[transition: night_camp]"),
+    "add_to_party": ("someone joins the party", "[add_to_party: Name, who they are]"),
+    "charge": ("a price in gold is paid", "[charge: 15]"),
+    "award_exp": ("experience after a won fight or a milestone", "[award_exp: 300]"),
+}
+
+
+def tools_prompt(agent_tools: list[str], enabled: bool) -> str:
+    """The tool list the system text ends with when `data.tools_in_prompt` is on ("" when off):
+    training, validation, chat, the playtest and the app's integration.json all send this text."""
+    if not enabled:
+        return ""
+    names = list(dict.fromkeys([*agent_tools, *TOOL_GUIDE]))
+    lines = [TOOLS_HEADER]
+    for name in names:
+        when, form = TOOL_GUIDE.get(name, ("", f"[{name}: ...]"))
+        lines.append(f"- {name} ({when}): {form}" if when else f"- {name}: {form}")
+    return "\n".join(lines)
+
+
 def builtin_profiles(agent_tools: list[str]) -> dict[str, AgentProfile]:
     """The game's three parsers: the Cactus-era agent, the model screen, the command parser."""
     return {

@@ -80,8 +80,9 @@ class Rendered:
     train_spans: list[tuple[int, int]] = field(default_factory=list)  # char spans with loss
 
 
-def context_text(scenario: Scenario) -> str:
-    """The scenario's SYSTEM text and header facts as the model sees them."""
+def context_text(scenario: Scenario, tools: str = "") -> str:
+    """The scenario's SYSTEM text and header facts as the model sees them, then `tools` (the list of
+    data/profiles.tools_prompt, when data.tools_in_prompt is on)."""
     lines: list[str] = []
     if scenario.system_prompt:
         lines += [scenario.system_prompt.strip(), ""]
@@ -97,6 +98,8 @@ def context_text(scenario: Scenario) -> str:
     if scenario.player:
         lines.append("Player:")
         lines += [f"- {key}: {value}" for key, value in scenario.player.items()]
+    if tools:
+        lines += ["", tools]
     return "\n".join(lines).strip()
 
 
@@ -109,9 +112,9 @@ def turn_content(turn: Turn) -> str:
     return text
 
 
-def scenario_messages(scenario: Scenario, turns: list[Turn] | None = None) -> list[dict[str, str]]:
+def scenario_messages(scenario: Scenario, turns: list[Turn] | None = None, tools: str = "") -> list[dict[str, str]]:
     """Alternating user/assistant messages; the context is folded into the first user message."""
-    messages: list[dict[str, str]] = [{"role": "user", "content": context_text(scenario)}]
+    messages: list[dict[str, str]] = [{"role": "user", "content": context_text(scenario, tools)}]
     for turn in scenario.turns if turns is None else turns:
         role = "assistant" if turn.kind == DM else "user"
         content = turn_content(turn)
@@ -145,8 +148,8 @@ def render_messages(messages: list[dict[str, str]], add_generation_prompt: bool 
     return Rendered("".join(parts), messages, spans)
 
 
-def render_scenario(scenario: Scenario) -> Rendered:
-    return render_messages(scenario_messages(scenario))
+def render_scenario(scenario: Scenario, tools: str = "") -> Rendered:
+    return render_messages(scenario_messages(scenario, tools=tools))
 
 
 @dataclass

@@ -58,6 +58,16 @@ def _cases(name: str, category: str, source: str, messages: list[dict[str, str]]
             for example in message_examples(name, messages)]
 
 
+def call_vocabulary(dataset_dir: Path, agent_tools: list[str]) -> set[str]:
+    """The tool names a reply may call: the data's (the dataset's vocabulary.json), the dice tools
+    and the app's agent's."""
+    from ..dice import DICE_TOOLS
+
+    vocabulary_file = Path(dataset_dir) / "vocabulary.json"
+    vocabulary = set(json.loads(vocabulary_file.read_text())) if vocabulary_file.exists() else set()
+    return vocabulary | set(DICE_TOOLS) | {t.lower() for t in agent_tools}
+
+
 def validation_cases(dataset_dir: Path) -> list[EvalCase]:
     path = Path(dataset_dir) / "valid.jsonl"
     if not path.exists():
@@ -70,7 +80,8 @@ def validation_cases(dataset_dir: Path) -> list[EvalCase]:
     return cases
 
 
-def folder_cases(folder: Path, source: str, builtin: bool = False, leave_out: frozenset[str] = frozenset()) -> list[EvalCase]:
+def folder_cases(folder: Path, source: str, builtin: bool = False, leave_out: frozenset[str] = frozenset(),
+                 tools: str = "") -> list[EvalCase]:
     """Every DM reply of the scenario files under `folder` (found and read as the dataset's are, so a
     README is no case), as cases of `source`, but for the relative paths in `leave_out`. A file that
     does not parse is an error naming it (in a built-in folder, a bug)."""
@@ -88,21 +99,22 @@ def folder_cases(folder: Path, source: str, builtin: bool = False, leave_out: fr
             continue
         scenario = parsed.scenario
         categorise(scenario)
-        cases += _cases(f"{source}/{parsed.path}", scenario.category, source, scenario_messages(scenario),
+        cases += _cases(f"{source}/{parsed.path}", scenario.category, source, scenario_messages(scenario, tools=tools),
                         scenario_facts(scenario))
     return cases
 
 
-def suite_cases(folder: Path = SUITE_DIR) -> list[EvalCase]:
-    """The project's own D&D test cases: one expected behaviour each (a call, or none)."""
-    return folder_cases(folder, "suite", builtin=True)
+def suite_cases(folder: Path = SUITE_DIR, tools: str = "") -> list[EvalCase]:
+    """The project's own D&D test cases: one expected behaviour each (a call, or none). `tools`: the
+    system text's tool list training saw (data/profiles.tools_prompt), here and below."""
+    return folder_cases(folder, "suite", builtin=True, tools=tools)
 
 
-def independent_cases() -> list[EvalCase]:
-    return folder_cases(INDEPENDENT_DIR, "independent", builtin=True)
+def independent_cases(tools: str = "") -> list[EvalCase]:
+    return folder_cases(INDEPENDENT_DIR, "independent", builtin=True, tools=tools)
 
 
-def user_cases(folder: Path, training_folder: Path) -> tuple[list[EvalCase], list[str]]:
+def user_cases(folder: Path, training_folder: Path, tools: str = "") -> tuple[list[EvalCase], list[str]]:
     """The cases of a folder the user keeps out of training (`validate --cases DIR`), and the files
     left out because training has them too (inside the training folder, or the same bytes as a file there)."""
     folder, training_folder = Path(folder).resolve(), Path(training_folder).resolve()
@@ -112,7 +124,7 @@ def user_cases(folder: Path, training_folder: Path) -> tuple[list[EvalCase], lis
     left_out = [path for path in sorted(folder.rglob("*.md"))
                 if path.resolve().is_relative_to(training_folder) or sha256_of(path) in trained]
     relative = frozenset(path.relative_to(folder).as_posix() for path in left_out)
-    return folder_cases(folder, f"cases/{folder.name}", leave_out=relative), [str(path) for path in left_out]
+    return folder_cases(folder, f"cases/{folder.name}", leave_out=relative, tools=tools), [str(p) for p in left_out]
 
 
 def select_cases(cases: list[EvalCase], limit: int) -> list[EvalCase]:

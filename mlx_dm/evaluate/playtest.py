@@ -59,6 +59,7 @@ class PlaySettings:
     max_tokens: int = 256
     seed: int = 0
     max_tool_rounds: int = 2  # DM replies after results, per player turn, as in chat
+    tools: str = ""  # the system text's tool list, as training rendered it (data/profiles.tools_prompt)
 
 
 @dataclass
@@ -171,7 +172,7 @@ class _Table:
         self.backend, self.settings, self.profile, self.seed = backend, settings, profile, seed
         self.game = Game(script.name, seed)
         self.players = party_names(script.setting)
-        context = context_text(script.setting)
+        context = context_text(script.setting, settings.tools)
         self.messages = [{"role": "user", "content": context}]
         if script.opening:
             self.messages.append({"role": "assistant", "content": script.opening})

@@ -78,13 +78,14 @@ def checks_for(summary: dict, config: PlaytestConfig) -> list[Check]:
 
 
 def run_playtest(backend, model_name: str, config: PlaytestConfig, profiles: dict[str, AgentProfile],
-                 scripts_dir: Path | None = None, progress: Callable[[int, int], None] | None = None) -> PlaytestReport:
+                 scripts_dir: Path | None = None, progress: Callable[[int, int], None] | None = None,
+                 tools: str = "") -> PlaytestReport:
     """`config.sessions` games, game i on script i (cycling), seeded by `config.seed + i`."""
     if config.profile not in profiles:
         raise ConfigError(f"playtest.profile '{config.profile}' is not an agent profile",
                           f"use one of {', '.join(profiles)}, or define it under [data.agent_profiles]")
     scripts = load_scripts(scripts_dir)
-    settings = PlaySettings(config.turns, config.n_ctx, config.max_tokens, config.seed)
+    settings = PlaySettings(config.turns, config.n_ctx, config.max_tokens, config.seed, tools=tools)
     games = []
     for index in range(config.sessions):
         games.append(play_game(backend, scripts[index % len(scripts)], settings, profiles[config.profile],

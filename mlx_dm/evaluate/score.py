@@ -191,6 +191,14 @@ def tool_f1(names: int, predicted: int, reference: int) -> float:
     precision, recall = names / predicted, names / reference
     return 2 * precision * recall / (precision + recall)
 
+def f1_text(values: dict, digits: int = 3) -> str:
+    """An aggregate's tool-call F1 as every report writes it: "n/a (no calls)" when neither the
+    references nor the model made a call (an F1 of 1.0 there would read as a perfect score)."""
+    f1 = values.get("tool_f1")
+    if f1 is None:
+        return "n/a (no calls)" if not values.get("reference_calls") and not values.get("predicted_calls") else "n/a"
+    return f"{f1:.{digits}f}"
+
 def f1_interval(scores: list[ExampleScore], level: float = 0.9, draws: int = 1000, seed: int = 0) -> list[float] | None:
     """A bootstrap interval of the tool-call F1, drawing whole scenarios with replacement.
 
@@ -241,7 +249,10 @@ def aggregate(scores: list[ExampleScore]) -> dict:
         "examples": len(scores),
         "tool_precision": precision,
         "tool_recall": recall,
-        "tool_f1": tool_f1(names, predicted, reference),
+        # None, shown "n/a (no calls)": with no call on either side an F1 says nothing (not 1.0).
+        "tool_f1": tool_f1(names, predicted, reference) if predicted or reference else None,
+        "reference_calls": reference,
+        "predicted_calls": predicted,
         "tool_f1_interval": f1_interval(scores),  # 90%, scenarios drawn with replacement
         "tool_argument_accuracy": _ratio(arguments, reference),
         "tool_exact_match": _ratio(sum(s.calls.exact for s in scores), len(scores)),

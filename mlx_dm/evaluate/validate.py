@@ -21,7 +21,8 @@ from .cases import EvalCase, reply_budget, select_cases
 from ..data.profiles import AgentProfile, builtin_profiles, profile_report
 from .compat import CompatReport, agent_tool_report, check_compat
 from .llama_node import NodeReport, check_in_llama_node
-from .score import HEURISTIC_METRICS, ExampleScore, aggregate, by_tool, score_calls, score_context, score_interaction
+from .score import (HEURISTIC_METRICS, ExampleScore, aggregate, by_tool, f1_text, score_calls, score_context,
+                    score_interaction)
 
 CATEGORY_ORDER = ("combat", "exploration", "roleplay")
 CHART_METRICS = (("tool_f1", "tool-call F1"), ("format_compliance", "format compliance"),
@@ -210,7 +211,7 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
 
 def _source_cell(values: dict) -> str:
     interval = values.get("tool_f1_interval")
-    f1 = _fmt(values.get("tool_f1")) + (f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
+    f1 = f1_text(values) + (f" [{interval[0]:.2f}-{interval[1]:.2f}]" if interval else "")
     return " / ".join([f1, _fmt(values.get("false_call_rate")), _fmt(values.get("tool_argument_accuracy"))])
 
 
@@ -241,7 +242,8 @@ def _score_lines(evaluations: list[BackendEval]) -> list[str]:
               "|---|" + "---|" * len(evaluations)]
     for metric in metrics:
         mark = " (heuristic)" if metric in HEURISTIC_METRICS else ""
-        lines.append(f"| {metric}{mark} | " + " | ".join(_fmt(e.overall[metric]) for e in evaluations) + " |")
+        lines.append(f"| {metric}{mark} | " + " | ".join(f1_text(e.overall) if metric == "tool_f1" else _fmt(e.overall[metric])
+                                                         for e in evaluations) + " |")
     lines += ["", "### By source (tool-call F1 [90% interval] / calls where none belong / right arguments)", "",
               "The validation split shares no DM sentence with training; the independent set was written apart "
               "from the starter corpus; the suite checks one behaviour per case. The interval draws the source's "
@@ -257,7 +259,8 @@ def _score_lines(evaluations: list[BackendEval]) -> list[str]:
               "|---|" + "---|" * len(evaluations)]
     by_category = [e.by("category") for e in evaluations]
     for category in sorted({s.category for e in evaluations for s in e.scores}):
-        cells = [" / ".join(_fmt(scores.get(category, {}).get(k)) for k in ("tool_f1", "format_compliance", "context_recall"))
+        cells = [" / ".join([f1_text(scores.get(category, {}))] + [_fmt(scores.get(category, {}).get(k))
+                                                                    for k in ("format_compliance", "context_recall")])
                  for scores in by_category]
         lines.append(f"| {category} | " + " | ".join(cells) + " |")
     lines += _tool_lines(evaluations[0])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..config import Config
 from ..data.dataset import Dataset, build_dataset, write_dataset
-from ..data.profiles import agent_profiles, profile_report
+from ..data.profiles import agent_profiles, profile_report, tools_prompt
 from ..data.scenario import DM
 from ..data.starter import scan_with_starter
 from ..data.vocabulary import extend_vocabulary, write_tools_doc
@@ -30,7 +30,7 @@ def read_dataset(config: Config, scenarios: Path | None = None) -> Dataset:
     dataset = build_dataset(root, data.validation_fraction, data.seed, data.strict,
                             data.target_mix if data.balance else None, data.agent_tools, data.max_file_bytes,
                             scan_result=scanned, augment_copies=data.augment_copies,
-                            drills=data.drill_scenes)
+                            drills=data.drill_scenes, tools=tools_prompt(data.agent_tools, data.tools_in_prompt))
     dataset.summary.starter = starter.to_dict()
     return dataset
 

@@ -23,7 +23,8 @@ def run_export(project: Project, base_path: Path, adapter: Path, reporter: Repor
     settings = config.export
     cases = []
     if settings.quant.lower() == "auto":
-        cases = select_cases(validation_cases(project.dataset_dir) + independent_cases(), settings.choice_cases)
+        cases = select_cases(validation_cases(project.dataset_dir) + independent_cases(project.tools_prompt),
+                             settings.choice_cases)
     spec = ExportSpec(base_path, adapter, run_dir / "export", project.root, project.dataset_dir, name,
                       config.model.base_model, run_dir.name, planned_version(project.root, name, run_dir.name),
                       settings, n_ctx, config.model.vision, tuple(cases), frozenset(tool_vocabulary(project)))

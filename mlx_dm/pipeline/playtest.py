@@ -25,7 +25,8 @@ def playtest_gguf(project: Project, gguf: Path, out_dir: Path, reporter: Reporte
     data = project.config.data
     try:
         report = run_playtest(backend, gguf.name, config, agent_profiles(data.agent_tools, data.agent_profiles), scripts,
-                              lambda done, total: reporter.progress("playtest", gguf.name, done, total))
+                              lambda done, total: reporter.progress("playtest", gguf.name, done, total),
+                              project.tools_prompt)
     finally:
         reporter.finished("playtest")
     path = write_playtest(report, out_dir)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
+from ..data.profiles import tools_prompt
 from ..errors import ExportError, MlxDmError, ModelError
 from ..model.hub import resolve_base
 from ..registry import find_version, load_manifest, models_dir_of
@@ -36,6 +37,12 @@ class Project:
     @property
     def scenarios_dir(self) -> Path:
         return self.config.path(self.config.data.scenarios_dir)
+
+    @property
+    def tools_prompt(self) -> str:
+        """The tool list the system text carries ("" unless data.tools_in_prompt): every case scored
+        and every conversation rendered must carry what training saw."""
+        return tools_prompt(self.config.data.agent_tools, self.config.data.tools_in_prompt)
 
     def path(self, relative: str) -> Path:
         return self.config.path(relative)

@@ -25,7 +25,9 @@ def dev_profile(config: Config, explicit_train: dict) -> Config:
     With model.vision, the tiny model with towers."""
     train = {name: value for name, value in DEV_PROFILE.items() if explicit_train.get(name) is None}
     train.update(steps_per_eval=min(config.train.steps_per_eval, 8),
-                 steps_per_checkpoint=min(config.train.steps_per_checkpoint, 8), grad_checkpoint=False)
+                 steps_per_checkpoint=min(config.train.steps_per_checkpoint, 8), grad_checkpoint=False,
+                 finalists=min(config.train.finalists, 2), select_cases=min(config.train.select_cases or 4, 4),
+                 select_max_tokens=min(config.train.select_max_tokens, 8))
     config = config.override("the dev profile", train=train, model={
         "base_model": "tiny-vision" if config.model.vision else "tiny", "quantize_base": False})
     return dev_validation(config)

@@ -64,12 +64,15 @@ def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: boo
 
     def update(record: dict) -> None:
         val = f" val {record['val_loss']:.3f}" if record.get("val_loss") is not None else ""
+        val += f" decision {record['decision_loss']:.3f}" if record.get("decision_loss") is not None else ""
         status = (f"epoch {record['epoch']:.2f} loss {record['loss']:.3f}{val} lr {record['learning_rate']:.2e} "
                   f"{record['tokens_per_second']:.0f} tok/s mem {record['peak_memory_bytes'] / 2**20:.0f} MiB")
         reporter.progress("train", "train", record["step"], record["total_steps"], status)
 
     try:
-        result = train(config, dataset_dir, base_path, run, resume_dir=resume_dir, progress=update)
+        result = train(config, dataset_dir, base_path, run, resume_dir=resume_dir, progress=update,
+                       selection_progress=lambda label, done, total: reporter.progress(
+                           "train", label, done, total, f"{label}: choosing the adapter by its calls"))
     finally:
         reporter.finished("train")
     trained = Trained(result, config)

@@ -7,11 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..dice import DICE_TOOLS
 from ..errors import ValidationFailed
 from ..data.augment import original_path
 from ..data.profiles import agent_profiles
-from ..evaluate.cases import independent_cases, suite_cases, user_cases, validation_cases
+from ..evaluate.cases import call_vocabulary, independent_cases, suite_cases, user_cases, validation_cases
 from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation, write_report
 from ..evaluate.playtest_report import raise_if_playtest_failed
 from ..inference import MlxBackend
@@ -46,19 +45,18 @@ def _training_texts(dataset_dir: Path) -> list[str]:
 
 def tool_vocabulary(project: Project) -> set[str]:
     """The tool names a reply may call: the data's, the dice tools and the app's agent's."""
-    vocabulary_file = project.dataset_dir / "vocabulary.json"
-    vocabulary = set(json.loads(vocabulary_file.read_text())) if vocabulary_file.exists() else set()
-    return vocabulary | set(DICE_TOOLS) | {t.lower() for t in project.config.data.agent_tools}
+    return call_vocabulary(project.dataset_dir, project.config.data.agent_tools)
 
 
 def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_path: Path | None, out_dir: Path,
                   reporter: Reporter, previous: Path | None = None) -> tuple[ValidationReport, Path]:
     """Score and check `gguf`; the report (written to `out_dir`) and its path. Raises nothing: see `decide`."""
     config, dataset_dir = project.config, project.dataset_dir
-    cases = validation_cases(dataset_dir) + suite_cases() + independent_cases()
+    tools = project.tools_prompt
+    cases = validation_cases(dataset_dir) + suite_cases(tools=tools) + independent_cases(tools)
     left_out: list[str] = []
     if config.validate.cases_dir:
-        own, left_out = user_cases(config.path(config.validate.cases_dir), project.scenarios_dir)
+        own, left_out = user_cases(config.path(config.validate.cases_dir), project.scenarios_dir, tools)
         cases += own
         for path in left_out:
             reporter.note(f"{path} is in the training data too: left out of the cases")
@@ -114,7 +112,7 @@ def validate_and_promote(project: Project, placed: PlacedModel, adapter_dir: Pat
                                                 reporter, games)
             _unless_failed(lambda: raise_if_playtest_failed(played, played_path), project, placed, played_path,
                            current, reporter)
-        scores = {k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance")} if report.evaluations else {}
+        scores = {k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance", "reference_calls", "predicted_calls")} if report.evaluations else {}
         update_version(project.root, placed, status="validated", validation=str(path), scores=scores)
     reporter.stage("promotion", placed.version, out_dir.parent)
     promoted = Promoted(promote(project.root, placed.version), prune_versions(project.root, project.config.model.keep_versions))

@@ -29,6 +29,11 @@ def save_adapter(folder: Path, model, adapter_config: dict) -> None:
     (folder / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
 
 
+def copy_adapter(source: Path, target: Path) -> None:
+    for name in ("adapters.safetensors", "adapter_config.json"):
+        shutil.copy2(source / name, target / name)
+
+
 def save_checkpoint(checkpoints_dir: Path, step: int, model, optimizer, adapter_config: dict, state: dict) -> Path:
     def write(tmp: Path) -> None:
         save_adapter(tmp, model, adapter_config)

@@ -24,7 +24,7 @@ from ..model import patches, per_layer_embeddings
 from ..model.load import load_model
 from . import batching
 from .checkpoint import STATE_FILE, list_checkpoints
-from .step import batch_arrays, loss_fn
+from .step import DECISION_MARK, batch_arrays, loss_fn
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,8 @@ def find_resumable(runs_dir: Path, key: str) -> Path | None:
                 state = json.loads(state_path.read_text())
             except ValueError:
                 continue
-            if state.get("key") == key and state.get("status") in ("running", "interrupted") and list_checkpoints(run_dir / "checkpoints"):
+            unfinished = state.get("status") in ("running", "interrupted", "selecting")  # selecting: train/select.py
+            if state.get("key") == key and unfinished and list_checkpoints(run_dir / "checkpoints"):
                 return run_dir
     return None
 
@@ -184,6 +185,8 @@ class TrainingSetup:
     pad_fraction: float
     truncated: int
     per_layer_rows: tuple[int, int] | None
+    tokenizer: object = None  # for the finalists' generated replies (select.py)
+    dataset_dir: Path | None = None
 
     @property
     def world(self) -> int:
@@ -208,7 +211,8 @@ def prepare(config: Config, dataset_dir: Path, base_path: Path, resume_dir: Path
     seq = config.train.max_seq_length
     weight = config.train.call_weight
     train_examples = batching.load_examples(Path(dataset_dir) / "train.jsonl", tokenizer, seq, weight)
-    valid_examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", tokenizer, seq, weight)
+    # Validation marks the decision tokens (step.evaluate_losses): one pass gives both losses.
+    valid_examples = batching.load_examples(Path(dataset_dir) / "valid.jsonl", tokenizer, seq, DECISION_MARK)
     if not train_examples:
         raise TrainingError("the training split is empty", "add scenarios to ai-training/ and run `mlx-dm data build`")
     # Before any weight is read: Gemma 3n's per-layer embedding table keeps only the rows of the
@@ -234,7 +238,8 @@ def prepare(config: Config, dataset_dir: Path, base_path: Path, resume_dir: Path
                          total_steps, run_key(config, base_path, fingerprint), fingerprint, group, checkpointing, probe,
                          batching.padding_fraction(train_rows, length),
                          sum(e.truncated for e in train_examples + valid_examples),
-                         (compaction.rows_kept, compaction.rows_total) if compaction else None)
+                         (compaction.rows_kept, compaction.rows_total) if compaction else None, tokenizer,
+                         Path(dataset_dir))
 
 
 def _batch_plan(config: Config, model, train_rows, length: int, resume_dir: Path | None, checkpointing: bool,

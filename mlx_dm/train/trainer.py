@@ -4,6 +4,7 @@ stopping, atomic checkpoints with exact resume, and a clean stop on Ctrl-C."""
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import signal
@@ -18,13 +19,14 @@ import numpy as np
 from mlx.utils import tree_map
 
 from ..config import Config
-from ..errors import MlxDmError
+from ..errors import ConfigError, MlxDmError
 from ..files import atomic_write_json, write_dir_atomically
 from ..runs import Run
 from . import batching
-from .checkpoint import STATE_FILE, list_checkpoints, load_checkpoint, prune_checkpoints, save_adapter, save_checkpoint
+from .checkpoint import STATE_FILE, copy_adapter, list_checkpoints, load_checkpoint, prune_checkpoints, save_adapter, save_checkpoint
 from .setup import TrainingSetup, prepare
-from .step import batch_arrays, evaluate_loss, loss_fn
+from .select import FINALISTS_DIR, Finalist, admit, finalist_dir, run_selection
+from .step import batch_arrays, evaluate_losses, loss_fn
 
 
 class TrainingInterrupted(MlxDmError):
@@ -53,6 +55,9 @@ class TrainResult:
     processes: int = 1  # mx.distributed group size
     grad_checkpoint: bool = False  # activations recomputed in the backward pass (set, or chosen by the probe)
     per_layer_rows: tuple[int, int] | None = None  # Gemma 3n per-layer embedding rows kept / in the base
+    best_decision_loss: float | None = None  # the lowest validation loss at the call-decision tokens (select.py)
+    finalists: list[dict] = field(default_factory=list)  # select.Finalist, when select_by = "calls"
+    selection: dict | None = None  # the report of select.run_selection, once it ran
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -69,8 +74,11 @@ class LoopState:
     position: int = 0  # rows of this epoch's order already used
     step_start: int = 0  # position where the step being accumulated began
     micro_count: int = 0
-    best_val: float | None = None
+    best_val: float | None = None  # the lowest validation loss (every DM token)
+    best_decision: float | None = None  # the lowest decision loss
+    best_score: float | None = None  # the lowest of the one select_by watches: best/ and early stopping follow it
     best_step: int | None = None
+    finalists: list[Finalist] = field(default_factory=list)
     patience_left: int = 0
     trained_tokens: int = 0
     resumed_from: int | None = None
@@ -86,7 +94,8 @@ class LoopState:
     def checkpoint(self, key: str) -> dict:
         return {"epoch": self.epoch, "position": self.step_start if self.micro_count else self.position,
                 "best_val": self.best_val, "best_step": self.best_step, "patience_left": self.patience_left,
-                "trained_tokens": self.trained_tokens, "key": key}
+                "best_decision": self.best_decision, "best_score": self.best_score, "stopped_early": self.stopped_early,
+                "finalists": [asdict(f) for f in self.finalists], "trained_tokens": self.trained_tokens, "key": key}
 
     def tokens_per_second(self) -> float:
         elapsed = time.perf_counter() - self.start_time - self.eval_seconds
@@ -94,9 +103,24 @@ class LoopState:
 
 
 def train(config: Config, dataset_dir: Path, base_path: Path, run: Run, resume_dir: Path | None = None,
-          progress: Callable[[dict], None] | None = None) -> TrainResult:
-    """Train LoRA adapters; returns the best adapter's folder. ``progress`` gets a dict per step."""
-    return Trainer(prepare(config, dataset_dir, base_path, resume_dir), config, run, base_path).run(resume_dir, progress)
+          progress: Callable[[dict], None] | None = None,
+          selection_progress: Callable[[str, int, int], None] | None = None) -> TrainResult:
+    """Train LoRA adapters, then choose the one that ships (select.py); returns its folder.
+    ``progress`` gets a dict per step, ``selection_progress`` (label, done, total) per finalist reply."""
+    trainer = Trainer(prepare(config, dataset_dir, base_path, resume_dir), config, run, base_path)
+    result = trainer.run(resume_dir, progress)
+    if not trainer.selection_pending:
+        return result
+    del trainer  # the training model's memory, before the finalists load the full model
+    gc.collect()
+    mx.clear_cache()
+    finalists = [Finalist(**f) for f in result.finalists]
+    result.selection = run_selection(finalists, run.path, result.adapter_dir, base_path, Path(dataset_dir), config,
+                                     selection_progress)
+    result.finalists = [asdict(f) for f in finalists]
+    state = json.loads((run.path / STATE_FILE).read_text())
+    atomic_write_json(run.path / STATE_FILE, {**state, "status": "finished", "result": result.to_dict()})
+    return result
 
 
 class Trainer:
@@ -105,6 +129,11 @@ class Trainer:
     def __init__(self, setup: TrainingSetup, config: Config, run: Run, base_path: Path) -> None:
         self.setup, self.config, self.run_ = setup, config, run
         self.checkpoints_dir, self.best_dir = run.path / "checkpoints", run.path / "best"
+        if config.train.select_by not in ("calls", "loss"):
+            raise ConfigError(f"train.select_by = {config.train.select_by!r} is not a choice",
+                              'write select_by = "calls" (the adapter that calls tools best) or "loss" in mlx-dm.toml')
+        self.by_calls = config.train.select_by == "calls"
+        self.selection_pending = False
         self.run_state = {"key": setup.key, "status": "running", "base": str(base_path),
                           "data_fingerprint": setup.fingerprint, "total_steps": setup.total_steps,
                           "micro_batch_size": setup.batch_size, "grad_accumulation": setup.accumulation,
@@ -155,6 +184,9 @@ class Trainer:
         saved = load_checkpoint(list_checkpoints(self.checkpoints_dir)[-1], self.setup.model, self.setup.optimizer)
         loop.step, loop.epoch, loop.position = saved["step"], saved["epoch"], saved["position"]
         loop.best_val, loop.best_step, loop.patience_left = saved["best_val"], saved["best_step"], saved["patience_left"]
+        loop.best_decision, loop.stopped_early = saved.get("best_decision"), saved.get("stopped_early", False)
+        loop.best_score = saved.get("best_score", saved["best_val"])
+        loop.finalists = [Finalist(**f) for f in saved.get("finalists", [])]
         loop.trained_tokens, loop.resumed_from = saved["trained_tokens"], saved["step"]
 
     def _epochs(self, loop: LoopState, stop_requested: list[int], progress) -> None:
@@ -229,22 +261,38 @@ class Trainer:
             prune_checkpoints(self.checkpoints_dir, settings.keep_checkpoints)
 
     def _evaluate(self, loop: LoopState, record: dict) -> None:
-        """Validation loss; a better one saves the best adapter, `patience` worse ones in a row stop the run."""
+        """Validation and decision losses; a better score (select_by's) saves the best adapter and
+        `patience` worse ones in a row stop the run; a good decision loss makes a finalist."""
         setup = self.setup
         start = time.perf_counter()
-        val = evaluate_loss(setup.model, setup.valid_rows, setup.length, setup.batch_size, setup.group)
+        val, decision = evaluate_losses(setup.model, setup.valid_rows, setup.length, setup.batch_size, setup.group)
         loop.eval_seconds += time.perf_counter() - start
-        record["val_loss"] = val
-        if loop.best_val is None or val < loop.best_val - 1e-4:
-            loop.best_val, loop.best_step, loop.patience_left = val, loop.step, self.config.train.patience
+        record["val_loss"], record["decision_loss"] = val, decision
+        loop.best_val = val if loop.best_val is None or (val is not None and val < loop.best_val) else loop.best_val
+        if decision is not None and (loop.best_decision is None or decision < loop.best_decision):
+            loop.best_decision = decision
+        watched = decision if self.by_calls and decision is not None else val
+        if loop.best_score is None or watched < loop.best_score - 1e-4:
+            loop.best_score, loop.best_step, loop.patience_left = watched, loop.step, self.config.train.patience
             write_dir_atomically(self.best_dir, lambda d: save_adapter(d, setup.model, setup.adapter_config))
         else:
             loop.patience_left -= 1
             loop.stopped_early = loop.patience_left <= 0
+        if self.by_calls and decision is not None and self.config.train.finalists > 1:
+            kept, _ = admit(loop.finalists, Finalist(loop.step, val, decision), self.config.train.finalists)
+            if any(f.step == loop.step for f in kept):
+                write_dir_atomically(finalist_dir(self.run_.path, loop.step),
+                                     lambda d: save_adapter(d, setup.model, setup.adapter_config))
+            loop.finalists = kept  # the folders of those that dropped out go after the next checkpoint
 
     def _checkpoint(self, loop: LoopState) -> None:
         save_checkpoint(self.checkpoints_dir, loop.step, self.setup.model, self.setup.optimizer, self.setup.adapter_config,
                         loop.checkpoint(self.setup.key))
+        # Only now: a kill before this checkpoint resumes from one whose finalists still have their folders.
+        kept = {finalist_dir(self.run_.path, f.step).name for f in loop.finalists}
+        for folder in sorted((self.run_.path / FINALISTS_DIR).glob("step-*")):
+            if folder.name not in kept:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _interrupted(self, loop: LoopState) -> None:
         self._checkpoint(loop)
@@ -257,14 +305,18 @@ class Trainer:
         setup, run_dir = self.setup, self.run_.path
         if not setup.valid_rows or not self.best_dir.exists():
             write_dir_atomically(self.best_dir, lambda d: save_adapter(d, setup.model, setup.adapter_config))
-        adapter_dir = write_dir_atomically(run_dir / "adapters", lambda d: _copy_adapter(self.best_dir, d))
+        adapter_dir = write_dir_atomically(run_dir / "adapters", lambda d: copy_adapter(self.best_dir, d))
         pad_fraction = 1 - loop.real_tokens_mine / loop.padded_tokens if loop.padded_tokens else setup.pad_fraction
         result = TrainResult(run_dir, adapter_dir, loop.step, setup.total_steps, loop.best_val, loop.last_loss,
                              loop.trained_tokens, loop.tokens_per_second(), int(mx.get_peak_memory()), pad_fraction,
                              loop.stopped_early, loop.resumed_from, setup.truncated, loop.history, setup.batch_size,
-                             setup.accumulation, setup.world, setup.checkpointing, setup.per_layer_rows)
-        atomic_write_json(run_dir / STATE_FILE, {**self.run_state, "status": "finished", "step": loop.step,
-                                                 "result": result.to_dict()})
+                             setup.accumulation, setup.world, setup.checkpointing, setup.per_layer_rows,
+                             loop.best_decision, [asdict(f) for f in loop.finalists])
+        # With finalists to choose from, the run is finished once train() has shipped one: until then
+        # a rerun resumes here and selects again (select.py keeps each finalist's scores).
+        self.selection_pending = self.by_calls and len(loop.finalists) > 1 and setup.world == 1
+        atomic_write_json(run_dir / STATE_FILE, {**self.run_state, "status": "selecting" if self.selection_pending
+                                                 else "finished", "step": loop.step, "result": result.to_dict()})
         plot_loss(self.run_.metrics_path, run_dir / "loss.png")
         return result
 
@@ -305,11 +357,6 @@ class _Accumulator:
         self.grad, self.tokens, self.loss = None, 0.0, 0.0
         return finished
 
-def _copy_adapter(source: Path, target: Path) -> None:
-    for name in ("adapters.safetensors", "adapter_config.json"):
-        shutil.copy2(source / name, target / name)
-
-
 def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     """Training and validation loss against step, from metrics.jsonl."""
     import matplotlib
@@ -328,6 +375,10 @@ def plot_loss(metrics_path: Path, out: Path) -> Path | None:
     val = [r for r in rows if r.get("val_loss") is not None]
     if val:
         axis.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    decision = [r for r in rows if r.get("decision_loss") is not None]
+    if decision:  # the loss at the call and end-of-reply tokens: what select_by = "calls" watches
+        axis.plot([r["step"] for r in decision], [r["decision_loss"] for r in decision], "s--",
+                  label="decision loss (validation)")
     axis.set_xlabel("step")
     axis.set_ylabel("loss (DM tokens)")
     axis.legend()
