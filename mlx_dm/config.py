@@ -48,6 +48,7 @@ class DataConfig:
     drill_scenes: int = 0  # generated drill scenes of which call each player action needs, training only (data/drills.py); 0: none, e.g. 40
     include_starter: str = "auto"  # mlx-dm's starter corpus joins the data: "auto" (below starter_below scenarios), "always", "never"
     starter_below: int = 30  # "auto" adds the starter corpus while the scenario folder has fewer scenarios than this
+    starter_sample: int = 0  # that many starter files, spread over its folders (0: all); the dev profile takes 64
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class TrainConfig:
     memory_headroom: float = 0.2  # share of that budget kept free
     seed: int = 0  # LoRA initialisation, data order, dropout
     steps_per_eval: int = 25  # validation loss every N steps (early stopping and the best adapter use it)
+    eval_rows: int = 0  # held-out rows those losses are measured on, a spread sample (0: all of them)
     steps_per_checkpoint: int = 25  # resumable checkpoint every N steps
     keep_checkpoints: int = 3  # the last K checkpoints kept, plus the best
     patience: int = 3  # evaluations in a row without a better score (select_by's) before training stops early

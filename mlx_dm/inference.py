@@ -83,6 +83,15 @@ def _text_before_stop(text: str, final: bool = False) -> tuple[int, bool]:
     return len(text) - held, False
 
 
+def mlx_batch() -> int:
+    """Cases MLX decodes together when scoring: 16 on a GPU, where a batched step costs about what
+    one sequence's does; 1 on a CPU, where prompt processing dominates (measured on the tiny model:
+    8 prompts batched 27 s, one by one 2 s each)."""
+    import mlx.core as mx
+
+    return 1 if mx.default_device() == mx.cpu else 16
+
+
 class MlxBackend:
     def __init__(self, base: Path, adapter: Path | None = None, temperature: float = 0.0) -> None:
         from .model.load import load_model
@@ -104,3 +113,15 @@ class MlxBackend:
                 yield response.text.split(stop)[0]
                 return
             yield response.text
+
+    def generate_batch(self, prompts: list[str], max_tokens: list[int]) -> list[str]:
+        """Greedy replies to several prompts decoded together (mlx-lm's batch_generate), each cut at
+        the first stop word. On a GPU one batched step costs about what one sequence's does, so
+        scoring many cases (validation, the adapter selection) takes a fraction of the time; on a
+        CPU prompt processing dominates and batching gains little (evaluate_backend's batch=1)."""
+        from mlx_lm.generate import batch_generate
+
+        tokenizer = self.loaded.tokenizer
+        ids = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
+        texts = batch_generate(self.loaded.model, tokenizer, ids, max_tokens=max_tokens).texts
+        return [min((text.split(stop)[0] for stop in STOP_WORDS), key=len) for text in texts]

@@ -81,8 +81,6 @@ def test_no_starter_sentence_occurs_in_any_held_out_source():
     from mlx_dm.data.discover import scan
     from mlx_dm.evaluate.cases import INDEPENDENT_DIR, SUITE_DIR
 
-    from .conftest import ROOT
-
     starter = {}
     for s in scan(STARTER_DIR).accepted:
         for sentence in dm_sentences(s.scenario):

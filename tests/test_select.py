@@ -18,7 +18,8 @@ from .test_train import make_project, mlx_dm, run_dirs
 
 def train_dev(project: Path, steps: int) -> tuple[Path, str]:
     """`mlx-dm train --dev` for `steps` steps; the run folder and what it printed."""
-    proc = mlx_dm(project, "train", "--dev", "--max-steps", str(steps))
+    # 512 tokens: the tiny tokenizer's short pieces put some held-out replies past 256.
+    proc = mlx_dm(project, "train", "--dev", "--max-steps", str(steps), "--max-seq-length", "512")
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, out
     return run_dirs(project)[0], out
@@ -80,6 +81,7 @@ def test_one_pass_gives_the_dm_loss_and_the_decision_loss(tmp_path):
     assert decision_loss is not None and decision_loss != pytest.approx(dm_loss, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_training_ships_the_finalist_its_calls_choose_and_a_killed_selection_resumes(tmp_path):
     project = make_project(tmp_path, extra_toml="finalists = 2\nselect_cases = 4\nselect_max_tokens = 8\n")
     run, out = train_dev(project, 8)
@@ -119,3 +121,20 @@ def test_select_by_loss_keeps_todays_behaviour(tmp_path):
     proc = mlx_dm(bad, "train", "--dev", "--max-steps", "2")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 2 and "select_by" in out
+
+
+def test_batched_scoring_replies_to_every_case_in_order(tmp_path):
+    """evaluate_backend's batch path (MlxBackend.generate_batch, mlx-lm's batch_generate): one reply
+    per case, in the cases' order, cut at the stop words."""
+    from mlx_dm.evaluate.cases import independent_cases
+    from mlx_dm.evaluate.validate import evaluate_backend
+    from mlx_dm.inference import MlxBackend
+    from mlx_dm.model.tiny import build_tiny_model
+
+    base = build_tiny_model(tmp_path / "tiny", make_project(tmp_path, n_files=4) / "ai-training")
+    backend = MlxBackend(base)
+    cases = independent_cases()[:3]
+    replies = backend.generate_batch([c.prompt for c in cases], [6, 6, 6])
+    assert len(replies) == 3 and not any("<end_of_turn>" in r or "<eos>" in r for r in replies)
+    batched = evaluate_backend("batched", backend, cases, {"roll"}, 6, batch=2)
+    assert [s.case for s in batched.scores] == [c.case for c in cases]

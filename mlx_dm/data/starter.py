@@ -56,8 +56,10 @@ def source_path(root: Path, rel: str) -> Path:
     return Path(root) / rel
 
 
-def scan_with_starter(root: Path, setting: str, below: int, max_bytes: int) -> tuple[ScanResult, StarterUse]:
-    """The user's scan, plus the starter corpus when the setting asks for it.
+def scan_with_starter(root: Path, setting: str, below: int, max_bytes: int,
+                      sample: int = 0) -> tuple[ScanResult, StarterUse]:
+    """The user's scan, plus the starter corpus when the setting asks for it (`sample` > 0: that
+    many of its files, spread over its folders; the dev profile's quick route check).
 
     A missing or empty scenario folder is not an error while the starter joins: a new game's first
     `npm run train` then trains on the starter alone, and the report says so.
@@ -67,6 +69,8 @@ def scan_with_starter(root: Path, setting: str, below: int, max_bytes: int) -> t
     if not starter_wanted(setting, count, below):
         return user, StarterUse(False, setting, count, below)
     starter = scan(STARTER_DIR, max_bytes)
+    if 0 < sample < len(starter.results):
+        starter.results = [starter.results[i * len(starter.results) // sample] for i in range(sample)]
     for result in starter.results:
         result.path = STARTER_PREFIX + result.path
         if result.scenario is not None:

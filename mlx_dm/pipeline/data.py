@@ -26,7 +26,8 @@ class BuiltDataset:
 def read_dataset(config: Config, scenarios: Path | None = None) -> Dataset:
     root = Path(scenarios) if scenarios else config.path(config.data.scenarios_dir)
     data = config.data
-    scanned, starter = scan_with_starter(root, data.include_starter, data.starter_below, data.max_file_bytes)
+    scanned, starter = scan_with_starter(root, data.include_starter, data.starter_below, data.max_file_bytes,
+                                         data.starter_sample)
     dataset = build_dataset(root, data.validation_fraction, data.seed, data.strict,
                             data.target_mix if data.balance else None, data.agent_tools, data.max_file_bytes,
                             scan_result=scanned, augment_copies=data.augment_copies,

@@ -26,10 +26,11 @@ def dev_profile(config: Config, explicit_train: dict) -> Config:
     train = {name: value for name, value in DEV_PROFILE.items() if explicit_train.get(name) is None}
     train.update(steps_per_eval=min(config.train.steps_per_eval, 8),
                  steps_per_checkpoint=min(config.train.steps_per_checkpoint, 8), grad_checkpoint=False,
-                 finalists=min(config.train.finalists, 2), select_cases=min(config.train.select_cases or 4, 4),
+                 finalists=min(config.train.finalists, 2), eval_rows=min(config.train.eval_rows or 24, 24), select_cases=min(config.train.select_cases or 4, 4),
                  select_max_tokens=min(config.train.select_max_tokens, 8))
     config = config.override("the dev profile", train=train, model={
-        "base_model": "tiny-vision" if config.model.vision else "tiny", "quantize_base": False})
+        "base_model": "tiny-vision" if config.model.vision else "tiny", "quantize_base": False},
+        data={"starter_sample": config.data.starter_sample or 64})  # the route, not the corpus: 64 of its files
     return dev_validation(config)
 
 

@@ -11,7 +11,8 @@ from ..errors import ValidationFailed
 from ..data.augment import original_path
 from ..data.profiles import agent_profiles
 from ..evaluate.cases import call_vocabulary, independent_cases, suite_cases, user_cases, validation_cases
-from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation, write_report
+from ..evaluate.validate import BASE_MLX, TUNED_MLX, ValidationReport, raise_if_failed, run_validation
+from ..evaluate.validate_report import write_report
 from ..evaluate.playtest_report import raise_if_playtest_failed
 from ..inference import MlxBackend
 from ..registry import PlacedModel, promote, prune_versions, update_version

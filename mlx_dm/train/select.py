@@ -89,7 +89,7 @@ def score_finalists(finalists: list[Finalist], run_dir: Path, base_path: Path, d
     returns the number of cases. Finalists scored before (a resumed selection) are read back."""
     from ..evaluate.cases import call_vocabulary, select_cases, validation_cases
     from ..evaluate.validate import evaluate_backend
-    from ..inference import MlxBackend
+    from ..inference import MlxBackend, mlx_batch
 
     cases = select_cases(validation_cases(dataset_dir), config.train.select_cases)
     vocabulary = call_vocabulary(dataset_dir, config.data.agent_tools)
@@ -105,7 +105,7 @@ def score_finalists(finalists: list[Finalist], run_dir: Path, base_path: Path, d
             backend.loaded.model.load_weights(str(folder / "adapters.safetensors"), strict=False)
         label = f"finalist step {finalist.step}"
         evaluation = evaluate_backend(label, backend, cases, vocabulary, config.train.select_max_tokens,
-                                      progress=progress)
+                                      progress=progress, batch=mlx_batch())
         overall = evaluation.overall
         finalist.scores = {key: overall[key] for key in ("tool_f1", "false_call_rate", "tool_argument_accuracy",
                                                          "reference_calls", "predicted_calls", "examples")}

@@ -60,9 +60,13 @@ def evaluate_losses(model, rows: list[batching.PackedRow], length: int, batch_si
     if not rows:
         return None, None
     world, rank = (group.size(), group.rank()) if group is not None else (1, 0)
+    # Rows of like length together, each batch padded to its longest row (in steps of 64), not to
+    # the run's: most held-out rows are shorter than the longest.
+    mine = sorted(rows[rank::world], key=lambda row: len(row.ids))
     sums = mx.zeros((4,), dtype=mx.float32)  # loss and count over DM tokens, then over decision tokens
-    for start in range(0, len(rows[rank::world]), batch_size):
-        batch = batching.make_batch(rows[rank::world][start:start + batch_size], length + 1)
+    for start in range(0, len(mine), batch_size):
+        chunk = mine[start:start + batch_size]
+        batch = batching.make_batch(chunk, min(length, -(-max(len(r.ids) for r in chunk) // 64) * 64) + 1)
         inputs, targets, positions, weights, segments = batch_arrays(batch)
         losses = position_losses(model, inputs, targets, positions, segments)
         dm, decision = (weights > 0).astype(mx.float32), (weights >= DECISION_MARK).astype(mx.float32)

@@ -133,6 +133,10 @@ class Trainer:
             raise ConfigError(f"train.select_by = {config.train.select_by!r} is not a choice",
                               'write select_by = "calls" (the adapter that calls tools best) or "loss" in mlx-dm.toml')
         self.by_calls = config.train.select_by == "calls"
+        # train.eval_rows: a spread sample of the held-out rows (the same at every evaluation), so a
+        # large validation split does not cost more than the steps between two evaluations.
+        rows, keep = setup.valid_rows, config.train.eval_rows
+        self.eval_rows = rows if not keep or keep >= len(rows) else [rows[i * len(rows) // keep] for i in range(keep)]
         self.selection_pending = False
         self.run_state = {"key": setup.key, "status": "running", "base": str(base_path),
                           "data_fingerprint": setup.fingerprint, "total_steps": setup.total_steps,
@@ -265,13 +269,15 @@ class Trainer:
         `patience` worse ones in a row stop the run; a good decision loss makes a finalist."""
         setup = self.setup
         start = time.perf_counter()
-        val, decision = evaluate_losses(setup.model, setup.valid_rows, setup.length, setup.batch_size, setup.group)
+        val, decision = evaluate_losses(setup.model, self.eval_rows, setup.length, 2 * setup.batch_size, setup.group)
         loop.eval_seconds += time.perf_counter() - start
         record["val_loss"], record["decision_loss"] = val, decision
         loop.best_val = val if loop.best_val is None or (val is not None and val < loop.best_val) else loop.best_val
         if decision is not None and (loop.best_decision is None or decision < loop.best_decision):
             loop.best_decision = decision
         watched = decision if self.by_calls and decision is not None else val
+        if watched is None:  # no held-out token to score: every held-out row was cut before its first reply
+            return
         if loop.best_score is None or watched < loop.best_score - 1e-4:
             loop.best_score, loop.best_step, loop.patience_left = watched, loop.step, self.config.train.patience
             write_dir_atomically(self.best_dir, lambda d: save_adapter(d, setup.model, setup.adapter_config))
