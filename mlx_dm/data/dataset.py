@@ -318,7 +318,7 @@ def scenario_facts(scenario: Scenario) -> dict:
     return {"party": party, "location": scenario.location, "world": scenario.world}
 
 
-def _record(scenario: Scenario, tools: str) -> dict:
+def _record(scenario: Scenario, tools: str = "") -> dict:
     rendered = render_scenario(scenario, tools)
     return {
         "path": scenario.path,
