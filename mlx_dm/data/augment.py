@@ -24,11 +24,11 @@ from .starter import source_path
 # First names across many traditions and styles, none used by the starter corpus or the
 # independent evaluation set (tests/test_overlap.py checks both), so a copy always has fresh names.
 NAMES = (
-    "Adaeze", "Aldric", "Amadou", "Anselm", "Arwel", "Bao", "Berenike", "Bodhi", "Caius", "Catalina", "Dagny", "Darius",
-    "Eamon", "Efua", "Elif", "Emrys", "Farida", "Finnick", "Gideon", "Gulnara", "Hakon", "Hana", "Idris", "Ines",
-    "Jorund", "Kaveh", "Keziah", "Kofi", "Leilani", "Lorcan", "Mael", "Malin", "Nikolai", "Nomvula", "Oona", "Orrin",
-    "Perrin", "Priya", "Radomir", "Roswitha", "Saoirse", "Sigrun", "Tariq", "Thaddeus", "Ulla", "Vasco", "Wendeline",
-    "Xiomara", "Yusuf", "Zephyrine",
+    "Abelard", "Adaeze", "Amadou", "Arwel", "Berenike", "Bodhi", "Brisco", "Caius", "Catalina", "Cendrine", "Darius",
+    "Eamon", "Efua", "Elif", "Emrys", "Eudo", "Faramund", "Farida", "Finnick", "Gisela", "Gulnara", "Hakon", "Hana",
+    "Hrodna", "Ivo", "Jolanta", "Kasimir", "Kaveh", "Keziah", "Kofi", "Leilani", "Leocadia", "Mael", "Malin",
+    "Mauritz", "Nikolai", "Nomvula", "Ottokar", "Priya", "Quirin", "Radomir", "Ulla", "Ulrike", "Valdis", "Vasco",
+    "Wigbert", "Xenia", "Xiomara", "Yolande", "Zephyrine",
 )
 
 
