@@ -115,6 +115,10 @@ def test_long_scenario_is_split_into_windows_that_restart_from_its_context(tmp_p
         assert "<start_of_turn>model" in text
     # A record that fits is one example, unchanged.
     assert batching.tokenize_windows(tokenizer, record, 100_000) == [whole]
+    # A window whose context alone fills it keeps its end, where the reply is, not a row with no loss.
+    context_only = len(tokenizer._tokenizer(record["context"], add_special_tokens=False)["input_ids"])
+    cramped = batching.tokenize_windows(tokenizer, record, context_only)
+    assert cramped and all(w.truncated and w.trainable_tokens > 0 for w in cramped)
 
 
 def test_packing_and_block_diagonal_mask():

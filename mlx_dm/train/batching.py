@@ -57,9 +57,11 @@ def weighted_spans(text: str, train_spans: list[tuple[int, int]], call_weight: f
     return [piece for piece in pieces if piece[1] > piece[0]]
 
 
-def tokenize_record(tokenizer, record: dict, max_seq_length: int, call_weight: float = 1.0) -> TokenizedExample:
+def tokenize_record(tokenizer, record: dict, max_seq_length: int, call_weight: float = 1.0,
+                    keep_tail: bool = False) -> TokenizedExample:
     """Tokenize one rendered conversation; each token whose characters start in a model span gets
-    a weight (``weighted_spans``), the others 0."""
+    a weight (``weighted_spans``), the others 0. Too long, it keeps its first `max_seq_length`
+    tokens, or its last with `keep_tail` (where the reply is)."""
     hf = getattr(tokenizer, "_tokenizer", tokenizer)
     encoded = hf(record["text"], add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
@@ -75,7 +77,8 @@ def tokenize_record(tokenizer, record: dict, max_seq_length: int, call_weight: f
         overlapping = (w for s, e, w in spans[span_index:span_index + 3] if s < end and start < e)
         mask.append(max(overlapping) if inside and end > start else 0.0)
     truncated = len(ids) > max_seq_length
-    return TokenizedExample(record.get("path", ""), ids[:max_seq_length], mask[:max_seq_length], truncated)
+    kept = slice(len(ids) - max_seq_length, None) if truncated and keep_tail else slice(0, max_seq_length)
+    return TokenizedExample(record.get("path", ""), ids[kept], mask[kept], truncated)
 
 
 def window_messages(messages: list[dict[str, str]], context: str, start: int, end: int) -> list[dict[str, str]]:
@@ -91,7 +94,7 @@ def tokenize_windows(tokenizer, record: dict, max_seq_length: int, call_weight: 
     """One example per record, or, when it is too long, one per window of whole user/DM exchanges.
 
     Windows start at user messages and grow one exchange at a time while they fit; an exchange
-    that does not fit even alone is truncated (and flagged)."""
+    that does not fit even alone is truncated (and flagged), keeping its end when its start holds no reply."""
     from ..data.render import render_messages
 
     whole = tokenize_record(tokenizer, record, max_seq_length, call_weight)
@@ -100,16 +103,18 @@ def tokenize_windows(tokenizer, record: dict, max_seq_length: int, call_weight: 
         return [whole]
     context = record.get("context", "")
 
-    def encode(start: int, end: int) -> TokenizedExample:
+    def encode(start: int, end: int, keep_tail: bool = False) -> TokenizedExample:
         rendered = render_messages(window_messages(messages, context, start, end))
         return tokenize_record(tokenizer, {"path": record.get("path", ""), "text": rendered.text,
-                                           "train_spans": rendered.train_spans}, max_seq_length, call_weight)
+                                           "train_spans": rendered.train_spans}, max_seq_length, call_weight, keep_tail)
 
     windows = []
     start = 0
     while start < len(messages):
         end = min(start + 2, len(messages))
         best = encode(start, end)
+        if best.truncated and not best.trainable_tokens:  # the context alone fills the window: keep the reply
+            best = encode(start, end, keep_tail=True)
         while end < len(messages):
             candidate = encode(start, min(end + 2, len(messages)))
             if candidate.truncated:
