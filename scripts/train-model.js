@@ -254,7 +254,7 @@ function ensureEnvironment(extras) {
   if (stampFound !== stampWanted) {
     const wheel = llamaWheel(python, build, cmakeArgs, llamaKey);
     run(python, ['-m', 'pip', 'install', '--no-deps', '--force-reinstall', wheel], `installing ${path.basename(wheel)}`);
-    process.stderr.write(`mlx-dm bootstrap: installing mlx-dm${extras ? ` with ${extras}` : ''} into ${venv} `
+    process.stderr.write(`mlx-dm bootstrap: installing mlx-dm into ${venv}${extras ? ` with ${extras}` : ''} `
       + `(${INSTALLED ? 'its sources' : 'pyproject.toml'} or the llama.cpp build changed; a few minutes)\n`);
     installPackage(python, extras, useUv);
     fs.writeFileSync(path.join(venv, 'mlx-dm-llama-build.json'),
