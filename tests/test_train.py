@@ -214,7 +214,7 @@ def test_ctrl_c_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
 def test_early_stopping_keeps_the_best_adapter(tmp_path):
     # A learning rate this high makes validation loss rise at once: patience 1 stops the run.
     project = make_project(tmp_path, extra_toml='patience = 1\nselect_by = "loss"\n')
-    proc = mlx_dm(project, "train", "--dev", "--epochs", "20", "--max-steps", "40", "--learning-rate", "0.5")
+    proc = mlx_dm(project, "train", "--dev", "--epochs", "20", "--max-steps", "40", "--learning-rate", "20")
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
     run = run_dirs(project)[0]
