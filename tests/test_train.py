@@ -301,7 +301,9 @@ def test_two_processes_train_like_one_with_the_doubled_batch(tmp_path):
     launcher = Path(sys.executable).parent / "mlx.launch"
     if not launcher.exists():
         pytest.skip("mlx.launch is not installed beside this Python")
-    project = make_project(tmp_path, n_files=6)
+    # The same adapter both ways: the best by held-out loss (the generated round of select_by = "calls"
+    # runs in a process of its own only).
+    project = make_project(tmp_path, n_files=6, extra_toml='select_by = "loss"\n')
     common = ("train", "--base", "tiny", "--max-steps", "3", "--max-seq-length", "256", "--learning-rate", "1e-3",
               "--no-resume")
     single = subprocess.run([sys.executable, "-m", "mlx_dm", "-C", str(project), *common, "--batch-size", "2"],
