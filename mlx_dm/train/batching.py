@@ -200,6 +200,12 @@ class Batch:
         return int(np.count_nonzero(self.loss_mask))
 
 
+def batch_length(rows: list[PackedRow], cap: int, bucket: int = 64) -> int:
+    """The tokens a batch of `rows` is padded to: its longest row, rounded up to `bucket` (so a
+    compiled step sees few shapes), at most `cap` (the run's row length)."""
+    return min(cap, -(-max(len(r.ids) for r in rows) // bucket) * bucket)
+
+
 def make_batch(rows: list[PackedRow], length: int, pad_id: int = 0) -> Batch:
     """Rows padded to ``length`` tokens, shifted into inputs and next-token targets."""
     B = len(rows)

@@ -66,7 +66,7 @@ def evaluate_losses(model, rows: list[batching.PackedRow], length: int, batch_si
     sums = mx.zeros((4,), dtype=mx.float32)  # loss and count over DM tokens, then over decision tokens
     for start in range(0, len(mine), batch_size):
         chunk = mine[start:start + batch_size]
-        batch = batching.make_batch(chunk, min(length, -(-max(len(r.ids) for r in chunk) // 64) * 64) + 1)
+        batch = batching.make_batch(chunk, batching.batch_length(chunk, length) + 1)
         inputs, targets, positions, weights, segments = batch_arrays(batch)
         losses = position_losses(model, inputs, targets, positions, segments)
         dm, decision = (weights > 0).astype(mx.float32), (weights >= DECISION_MARK).astype(mx.float32)

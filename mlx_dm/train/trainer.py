@@ -221,7 +221,7 @@ class Trainer:
         idle = not chosen  # at the end of an epoch a process may get no row; it still joins the sum, with weight 0
         # Pad only to the batch's longest row (in steps of 64, so the compiled step sees few shapes),
         # not to the longest row of the run.
-        batch_length = min(setup.length, -(-max(len(r.ids) for r in chosen or step_rows[:1]) // 64) * 64)
+        batch_length = batching.batch_length(chosen or step_rows[:1], setup.length)
         batch = batching.make_batch(chosen or step_rows[:1], batch_length + 1)
         loop.padded_tokens += batch.inputs.size
         arrays = batch_arrays(batch)
