@@ -318,9 +318,11 @@ def test_retraining_stops_when_nothing_changed_and_continues_on_new_scenarios(ex
     unchanged = cli(project, "run", "--dev", "--max-steps", "2")
     assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
     assert "nothing to do" in unchanged.stdout
-    source = next((project / "ai-training").rglob("*.md"))
+    # A copy with one new line is a new scenario; an unedited copy would be a duplicate and left out.
+    source = next(p for p in sorted((project / "ai-training").rglob("*.md")) if "\n# USER\n" in p.read_text())
     added = source.parent / "zz-new-scenario.md"
-    added.write_text(source.read_text().replace("# USER", "# USER\n\nA brand new opening line.", 1))
+    added.write_text(source.read_text().replace("\n# USER\n", "\n# USER\n\nA brand new opening line.\n", 1))
+    assert added.read_text() != source.read_text()
     current = json.loads((project / "assets/models/manifest.json").read_text())["current"]["version"]
     result = cli(project, "run", "--dev", "--max-steps", "2")
     assert result.returncode == 0, result.stdout + result.stderr
