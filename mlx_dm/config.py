@@ -78,7 +78,7 @@ class TrainConfig:
     grad_checkpoint: bool = False  # recompute activations in the backward pass (less memory, slower)
     grad_accumulation: int = 1  # micro-batches per optimizer step
     auto_batch: bool = True  # probe real steps; split batch_size into micro-batches that fit memory (accumulated)
-    memory_limit_gb: float = 0.0  # budget for the probe; 0: the limit MLX reports for the device
+    memory_limit_gb: float = 0.0  # MLX keeps to it (memory and cache) and the batch probe plans for it; 0: the limit MLX reports (several runs sharing a GPU: set it)
     memory_headroom: float = 0.2  # share of that budget kept free
     seed: int = 0  # LoRA initialisation, data order, dropout
     steps_per_eval: int = 25  # validation loss every N steps (early stopping and the best adapter use it)

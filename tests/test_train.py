@@ -525,3 +525,22 @@ def test_a_truncated_checkpoint_gets_an_error_that_says_what_to_do(tmp_path):
     with pytest.raises(ModelError) as error:
         load_model(base, lazy=True)
     assert "incomplete or corrupt" in error.value.hint and str(base) in str(error.value)
+
+
+def test_a_memory_limit_binds_mlx_itself_not_only_the_probe():
+    """Runs sharing one GPU each set train.memory_limit_gb: MLX must keep to it (its limit and its
+    cache of freed buffers), or one process's cache starves the others."""
+    from mlx_dm.config import Config
+    from mlx_dm.train.setup import limit_mlx_memory
+
+    before_limit, before_cache = mx.get_memory_limit(), mx.set_cache_limit(0)
+    mx.set_cache_limit(before_cache)
+    try:
+        assert limit_mlx_memory(Config()) is None and mx.get_memory_limit() == before_limit  # unset: MLX's own
+        config = Config().override("test", train={"memory_limit_gb": 0.5})
+        assert limit_mlx_memory(config) == 500_000_000 == mx.get_memory_limit()
+        cache = mx.set_cache_limit(0)
+        assert 0 < cache <= 500_000_000 and cache <= max(before_cache, 1)
+    finally:
+        mx.set_memory_limit(before_limit)
+        mx.set_cache_limit(before_cache)

@@ -106,6 +106,21 @@ def memory_budget(config: Config) -> int:
     return int(limit * (1 - config.train.memory_headroom))
 
 
+def limit_mlx_memory(config: Config) -> int | None:
+    """With `train.memory_limit_gb` set, MLX itself keeps to it (its memory and its cache of freed
+    buffers), not only the batch probe; returns the limit in bytes, or None when unset.
+
+    Why: each process's MLX takes the whole device as its limit and keeps freed buffers cached up to
+    it, so trainings sharing one GPU starve each other. On an H200, six 270M trainings started side
+    by side ran out of memory in their first validation pass while each one's probe had fitted."""
+    if config.train.memory_limit_gb <= 0:
+        return None
+    limit = int(config.train.memory_limit_gb * 1e9)
+    mx.set_memory_limit(limit)
+    mx.set_cache_limit(min(limit, mx.set_cache_limit(limit)))  # never raise a smaller default (CPU: 32 MB)
+    return limit
+
+
 def step_memory_probe(model, rows: list[batching.PackedRow], length: int) -> Callable[[int], int | None]:
     """Peak bytes of one real forward and backward pass on the ``n`` heaviest rows (most DM tokens),
     plus the optimizer state; None when MLX cannot allocate it."""
@@ -200,6 +215,7 @@ class TrainingSetup:
 def prepare(config: Config, dataset_dir: Path, base_path: Path, resume_dir: Path | None = None) -> TrainingSetup:
     """Load and adapt the model, pack the rows, choose the batch plan and build the optimizer."""
     mx.random.seed(config.train.seed)
+    limit_mlx_memory(config)
     # Data parallel when started by `mlx.launch` (a group of one otherwise): every process holds the
     # same LoRA weights, trains on its own rows of each step, and the token-weighted gradients are
     # summed, so N processes with batch B compute exactly the step of one process with batch N*B.
