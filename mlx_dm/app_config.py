@@ -2,7 +2,9 @@
 
 - `llama-rn.ts`: llama.rn (`initLlama`, then `completion({ messages, jinja: true, stop })`);
 - `cactus-config.ts` / `cactus-config.json`: cactus-react-native 0.2.x (`CactusLM`, `CactusVLM`);
-- `integration.json`: what the game's model screen reads (its system prompt, the tools it supports).
+- `integration.json`: what the game's model screen reads (its system prompt, the tools it supports);
+- `<name>-<version>.gbnf`: the app's tool grammar (data/grammar.py), which `llama-rn.ts` passes to
+  `completion` so the phone decodes only calls its parser acts on.
 
 `placed` below is the registry's PlacedModel of the version the app uses (registry.py calls these
 when it promotes one)."""
@@ -58,7 +60,11 @@ SYSTEM_PROMPT = "Role: Dungeon Master\nWorld: {world}\nLocation: {location}\nPar
 MODEL_SCREEN_PATTERN = r"/\[(\w+):\s*([^\]]+)\]/g"
 
 
-def llama_rn_snippet(placed) -> str:
+def grammar_name(placed) -> str:
+    return f"{placed.name}-{placed.version}.gbnf"
+
+
+def llama_rn_snippet(placed, grammar: str = "") -> str:
     lines = _model_lines(placed, ["import { initLlama } from 'llama.rn';"]) + [
         "// Gemma ends its turns with <end_of_turn>.",
         f"export const stopWords = {json.dumps(STOP_WORDS)};",
@@ -77,13 +83,18 @@ def llama_rn_snippet(placed) -> str:
         "// messages: [{ role: 'system', content: systemPrompt }, { role: 'user', content: ... }, ...];",
         "// a tool result goes back as a user message that starts with 'Tool results:'.",
         "// const { text } = await context.completion({ messages, jinja: true, stop: stopWords, n_predict: 256,",
-        "//   temperature: 0.7, top_p: 0.9 });",
+        "//   temperature: 0.7, top_p: 0.9" + (", grammar: toolGrammar });" if grammar else " });"),
         "",
     ]
+    if grammar:
+        lines += [f"// The app's tool grammar ({grammar_name(placed)}): narration is free, a '[' opens only a call",
+                  "// of the tools the app acts on. Pass it as `grammar` (not grammar_lazy: with jinja on, the chat",
+                  "// template's lazy triggers replace yours; this grammar's root works from the first token).",
+                  f"export const toolGrammar = {json.dumps(grammar)};", ""]
     return "\n".join(lines)
 
 
-def integration(placed, agent_tools: list[str], tools: str = "") -> dict:
+def integration(placed, agent_tools: list[str], tools: str = "", grammar: bool = True) -> dict:
     """integration.json, in the shape the game's model screen reads (`system_prompt`, `tools.supported`);
     `system_prompt` ends with the tool list training rendered (data.tools_in_prompt), so the app sends it too."""
     return {
@@ -92,6 +103,7 @@ def integration(placed, agent_tools: list[str], tools: str = "") -> dict:
                   "mmproj": f"assets/models/{Path(placed.mmproj_path).name}" if placed.mmproj_path else None},
         "system_prompt": SYSTEM_PROMPT + (f"\n\n{tools}" if tools else ""),
         "tools": {"supported": list(agent_tools), "pattern": MODEL_SCREEN_PATTERN,
+                  "grammar": f"assets/models/{grammar_name(placed)}" if grammar else None,
                   "results": "a user message starting with 'Tool results:', one result per line"},
         "stop": STOP_WORDS,
         "runtimes": {"llama.rn": "assets/models/llama-rn.ts", "cactus-react-native 0.2": "assets/models/cactus-config.ts"},
@@ -99,8 +111,19 @@ def integration(placed, agent_tools: list[str], tools: str = "") -> dict:
 
 
 def write_app_config(models_dir: Path, placed, agent_tools: list[str], tools: str = "") -> None:
-    atomic_write_text(models_dir / "llama-rn.ts", llama_rn_snippet(placed))
-    atomic_write_json(models_dir / "integration.json", integration(placed, agent_tools, tools))
+    """Every runtime's lines for `placed`, and its tool grammar for the app's agent tools (the grammar
+    is the app parser's rules, so it is written from today's data.agent_tools; an older version's
+    grammar file in assets/models is removed, as its GGUF is)."""
+    from .data.grammar import gbnf, write_grammar
+
+    grammar = gbnf(list(agent_tools)) if agent_tools else ""
+    for old in models_dir.glob(f"{placed.name}-v*.gbnf"):
+        if old.name != grammar_name(placed):
+            old.unlink()
+    if grammar:
+        write_grammar(models_dir, agent_tools, grammar_name(placed))
+    atomic_write_text(models_dir / "llama-rn.ts", llama_rn_snippet(placed, grammar))
+    atomic_write_json(models_dir / "integration.json", integration(placed, agent_tools, tools, bool(grammar)))
     atomic_write_text(models_dir / "cactus-config.ts", cactus_snippet(placed))
     atomic_write_json(models_dir / "cactus-config.json", {
         "modelFile": placed.file_name, "modelAsset": f"assets/models/{placed.file_name}",

@@ -113,6 +113,7 @@ class ValidateConfig:
     phone_ram_gb: float = 6.0  # RAM of the smallest phone to support
     app_memory_fraction: float = 0.5  # of the phone's RAM an app can count on (iOS/Android kill beyond)
     compare_base: bool = True  # also score the base model, side by side
+    grammar: bool = True  # decode the GGUFs with the app's tool grammar (data/grammar.py), as the phone does; false: unconstrained, to compare
     compare_mlx: bool = True  # also score the tuned MLX model, for the GGUF's drift check; off: GGUF only (on a CPU, half the time)
     quality_thresholds: bool = True  # off for the tiny dev model, which cannot learn the DM in minutes
     llama_node: bool = True  # also load the GGUF in llama.rn's engine (@fugood/llama.node) when node is here

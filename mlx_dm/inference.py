@@ -8,7 +8,7 @@ from typing import Iterator, Protocol
 
 from .data.render import STOP_WORDS  # the same stop words the app is told to use
 from .errors import ModelError
-from .llama.runtime import captured_llama_logs, open_gguf
+from .llama.runtime import captured_llama_logs, GrammarGate, open_gguf
 
 
 class Backend(Protocol):
@@ -16,7 +16,8 @@ class Backend(Protocol):
 
 
 class GgufBackend:
-    def __init__(self, path: Path, n_ctx: int = 2048, temperature: float = 0.0, seed: int = 0, top_p: float = 0.95) -> None:
+    def __init__(self, path: Path, n_ctx: int = 2048, temperature: float = 0.0, seed: int = 0, top_p: float = 0.95,
+                 grammar: Path | None = None) -> None:
         if not Path(path).is_file():
             raise ModelError(f"no GGUF file at {path}", "pass --model with a .gguf from assets/models (see manifest.json)")
         try:
@@ -26,6 +27,8 @@ class GgufBackend:
             raise ModelError(f"llama.cpp could not load {path}: {exc}",
                              "check the file is a complete GGUF (re-export with `mlx-dm export`)") from exc
         self.temperature, self.top_p = temperature, top_p
+        # The app's tool grammar (data/grammar.py), as the phone decodes: a '[' opens only a well-formed call.
+        self.grammar = GrammarGate(self.llm, Path(grammar).read_text(encoding="utf-8"), str(grammar)) if grammar else None
         self.last_tokens = 0  # tokens the last stream generated (playtest latency and tokens/s)
 
     def count_tokens(self, prompt: str) -> int:
@@ -52,8 +55,12 @@ class GgufBackend:
         text, sent, count = "", 0, 0
         self.last_tokens = 0
         tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        processors = None
+        if self.grammar is not None:
+            self.grammar.start(len(tokens), greedy=self.temperature == 0)
+            processors = llama_cpp.LogitsProcessorList([self.grammar])
         for token in llm.generate(tokens, temp=self.temperature, top_k=1 if self.temperature == 0 else 40,
-                                  top_p=self.top_p, min_p=0.05):
+                                  top_p=self.top_p, min_p=0.05, logits_processor=processors):
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 break
             text += decoder.decode(llm.detokenize([token]))

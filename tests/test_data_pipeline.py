@@ -360,7 +360,7 @@ def test_the_tools_in_the_prompt_are_what_training_validation_and_the_app_see(wr
     assert not any(TOOLS_HEADER in c.prompt for c in independent_cases())
 
     class Placed:
-        file_name, version, quant, sha256, n_ctx, mmproj_path = "m.gguf", "v1", "Q4_K_M", "0", 2048, None
+        name, file_name, version, quant, sha256, n_ctx, mmproj_path = "m", "m.gguf", "v1", "Q4_K_M", "0", 2048, None
 
     assert integration(Placed(), config.data.agent_tools, tools)["system_prompt"].endswith("\n\n" + tools)
     assert TOOLS_HEADER not in integration(Placed(), config.data.agent_tools)["system_prompt"]

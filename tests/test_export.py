@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mlx_dm import bench
+from mlx_dm.data.grammar import gbnf
 from mlx_dm.errors import ExportError
 from mlx_dm.export.fuse import check_adapter
 from mlx_dm.export.gguf import gguf_metadata, quantize
@@ -61,6 +62,11 @@ def test_run_dev_places_a_checked_gguf_with_cactus_config(exported):
         assert (project / asset).is_file(), asset
     screen = json.loads((models / "integration.json").read_text())
     assert (project / screen["model"]["asset"]).is_file() and screen["model"]["sha256"] == manifest["sha256"]
+    # The app's tool grammar beside the model: named for the game's screen, passed in llama.rn's lines.
+    grammar = models / "dm-tiny-gemma3n-v1.gbnf"
+    assert screen["tools"]["grammar"] == f"assets/models/{grammar.name}"
+    assert grammar.read_text() == gbnf(screen["tools"]["supported"])
+    assert "grammar: toolGrammar" in llama_rn and f"export const toolGrammar = {json.dumps(grammar.read_text())};" in llama_rn
     assert screen["tools"]["supported"] == ["roll", "update", "damage", "heal", "status", "inventory", "skill_check"]
     assert screen["system_prompt"].startswith("Role: Dungeon Master\nWorld: {world}")
     assert all((project / path).is_file() for path in screen["runtimes"].values())
@@ -289,6 +295,8 @@ def test_run_validates_the_exported_model(exported):
     assert all(e["overall"]["examples"] == report["cases"] > 0 for e in report["evaluations"])
     assert (run / "validation" / "scores.png").stat().st_size > 10_000
     assert "## Cactus compatibility" in (run / "validation" / "validation.md").read_text()
+    assert any("decoded with the app's tool grammar (tools.gbnf)" in note for note in report["notes"])
+    assert (run / "validation" / "tools.gbnf").is_file()
     assert "4/4 validate" in result.stdout
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -30,13 +31,15 @@ def chat_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the dice."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0: greedy, the same answer every time."),
     max_tokens: int = typer.Option(200, "--max-tokens", min=1, help="Most tokens per DM reply."),
+    grammar: Optional[bool] = typer.Option(None, "--grammar/--no-grammar", help="Decode a GGUF with the app's tool grammar, as the phone does (validate.grammar; default on)."),
     project: Optional[Path] = PROJECT_OPTION,
 ) -> None:
     """Talk to the model as the game would; dice calls are rolled and fed back."""
-    where = project_of(project)
+    where = project_of(project, validate={"grammar": grammar})
     model = where.model_file(model)
     if model.suffix == ".gguf":
-        backend = GgufBackend(model, temperature=temperature, seed=seed)
+        with tempfile.TemporaryDirectory(prefix="mlx-dm-chat-") as folder:  # the backend reads it once
+            backend = GgufBackend(model, temperature=temperature, seed=seed, grammar=where.tool_grammar(Path(folder)))
     else:
         backend = MlxBackend(where.base(where.base_of_adapter(model, base)), model, temperature=temperature)
     setting = chat_setting(scenario, world, location, party)

@@ -26,12 +26,14 @@ def playtest_command(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sampling and the dice (playtest.seed)."),
     n_ctx: Optional[int] = typer.Option(None, "--n-ctx", help="Context length the app uses (playtest.n_ctx)."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Agent profile that reads the calls (playtest.profile)."),
+    grammar: Optional[bool] = typer.Option(None, "--grammar/--no-grammar", help="Decode with the app's tool grammar, as the phone does (validate.grammar; default on); --no-grammar to compare."),
     dev: bool = typer.Option(False, "--dev", help="Tiny dev model: report the games without thresholds."),
     project: Optional[Path] = PROJECT_OPTION,
 ) -> None:
     """Play scripted games against a GGUF as the app would (its context, sampling and stop words), the dice answering each call."""
     where = project_of(project, playtest={"sessions": sessions, "turns": turns, "seed": seed, "n_ctx": n_ctx,
-                                          "profile": profile, "scripts_dir": str(scripts.resolve()) if scripts else None})
+                                          "profile": profile, "scripts_dir": str(scripts.resolve()) if scripts else None},
+                       validate={"grammar": grammar})
     if dev:
         where = Project(dev_validation(where.config))
     model = where.gguf_file(model)

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .. import supervise
-from ..app_config import llama_rn_snippet
+from ..app_config import grammar_name, llama_rn_snippet
 from ..data.dataset import starter_line
 from ..evaluate.score import f1_text
 from ..pipeline.reporter import Reporter
@@ -190,6 +190,8 @@ def show_promotion(promoted) -> None:
     say("[bold]llama.rn[/bold] (assets/models/llama-rn.ts; for cactus-react-native 0.2: cactus-config.ts, "
         "cactus-config.json; for the game's model screen: integration.json):")
     say(escape(llama_rn_snippet(placed)))  # exact lines, never wrapped
+    say(f"tool grammar: assets/models/{grammar_name(placed)} (llama-rn.ts exports it as toolGrammar; "
+        "pass it to completion as `grammar`)")
 
 
 RESULTS = {"dataset": show_dataset, "plan": show_plan, "training": show_training, "export": show_export,

@@ -29,6 +29,7 @@ def validate_command(
     no_base: bool = typer.Option(False, "--no-base", help="Do not score the base model."),
     no_mlx: bool = typer.Option(False, "--no-mlx", help="Score the GGUF only, not the tuned MLX model beside it (no drift check; validate.compare_mlx)."),
     cases: Optional[Path] = typer.Option(None, "--cases", help="Also score the scenario files of this folder, kept out of training, as a source of their own (validate.cases_dir)."),
+    grammar: Optional[bool] = typer.Option(None, "--grammar/--no-grammar", help="Decode the GGUFs with the app's tool grammar, as the phone does (validate.grammar; default on); --no-grammar to compare."),
     dev: bool = typer.Option(False, "--dev", help="Tiny dev model: report scores without quality thresholds."),
     project: Optional[Path] = PROJECT_OPTION,
 ) -> None:
@@ -36,7 +37,7 @@ def validate_command(
     where = project_of(project, validate={"max_cases": max_cases, "max_tokens": max_tokens,
                                           "max_reply_tokens": max_tokens, "n_ctx": n_ctx, "phone_ram_gb": phone_ram_gb,
                                           "compare_base": False if no_base else None,
-                                          "compare_mlx": False if no_mlx else None,
+                                          "compare_mlx": False if no_mlx else None, "grammar": grammar,
                                           "cases_dir": str(cases.resolve()) if cases else None})
     if dev:
         where = Project(dev_validation(where.config))

@@ -248,6 +248,8 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
                   max_file_bytes: int = 1_000_000, scan_result: ScanResult | None = None,
                   augment_copies: int = 0, drills: int = 0, tools: str = "") -> Dataset:
     from ..config import DEFAULT_AGENT_TOOLS
+    from .grammar import argument_problems
+    from .starter import STARTER_PREFIX
 
     result = scan_result or scan(Path(root), max_file_bytes)
     if strict:
@@ -268,6 +270,8 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
                                     "delete one of the two files, or change one"))
             continue
         seen[body] = scenario.path
+        if not scenario.path.startswith(STARTER_PREFIX):
+            problems += argument_problems(scenario, list(agent_tools or DEFAULT_AGENT_TOOLS))
         categorise(scenario)
         scenarios.append(scenario)
     if not scenarios:

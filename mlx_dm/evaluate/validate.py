@@ -174,8 +174,9 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
                    mlx_backends: list[tuple[str, Callable[[], Backend]]] = (),
                    previous_gguf: Path | None = None,
                    progress: Callable[[str, int, int], None] | None = None,
-                   profiles: dict[str, AgentProfile] | None = None) -> ValidationReport:
-    """Evaluate the GGUF (and the MLX models and the current GGUF, for comparison) and check compatibility."""
+                   profiles: dict[str, AgentProfile] | None = None, grammar: Path | None = None) -> ValidationReport:
+    """Evaluate the GGUF (and the MLX models and the current GGUF, for comparison) and check compatibility.
+    `grammar`: the app's tool grammar, which both GGUFs decode with (the MLX models stay unconstrained)."""
     from ..inference import GgufBackend
 
     cases = select_cases(cases, settings.max_cases)
@@ -187,7 +188,7 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
     previous_compat = None
     evaluations = []
     if compat.loads:
-        evaluations.append(evaluate_backend(TUNED_GGUF, GgufBackend(gguf, n_ctx=settings.n_ctx), cases, vocabulary,
+        evaluations.append(evaluate_backend(TUNED_GGUF, GgufBackend(gguf, n_ctx=settings.n_ctx, grammar=grammar), cases, vocabulary,
                                             settings.max_tokens, progress, settings.max_reply_tokens))
     for label, make in mlx_backends:
         evaluations.append(evaluate_backend(label, make(), cases, vocabulary, settings.max_tokens, progress,
@@ -196,7 +197,7 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
         previous_compat = check_compat(previous_gguf, conversations[:1], settings.n_ctx, settings.phone_ram_gb,
                                        settings.app_memory_fraction, speed_prompt)
         if previous_compat.loads:
-            evaluations.append(evaluate_backend(PREVIOUS_GGUF, GgufBackend(previous_gguf, n_ctx=settings.n_ctx), cases,
+            evaluations.append(evaluate_backend(PREVIOUS_GGUF, GgufBackend(previous_gguf, n_ctx=settings.n_ctx, grammar=grammar), cases,
                                                 vocabulary, settings.max_tokens, progress, settings.max_reply_tokens))
     tuned = next((e for e in evaluations if e.label == TUNED_GGUF), None)
     agent = {"data": agent_tool_report(training_texts, agent_tools),
@@ -205,6 +206,8 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
     agent["profiles"] = {"data": profile_report(training_texts, profiles),
                          "model": profile_report([s.output for s in tuned.scores] if tuned else [], profiles)}
     report = ValidationReport(str(gguf), len(cases), evaluations, compat, previous_compat, agent)
+    report.notes.append(f"the GGUFs decoded with the app's tool grammar ({Path(grammar).name})" if grammar else
+                        "the GGUFs decoded without the app's tool grammar (validate.grammar off)")
     if settings.llama_node and compat.loads:
         report.node = check_in_llama_node(gguf, conversations[:4], settings.n_ctx)
     decide(report, settings)

@@ -20,7 +20,8 @@ def playtest_gguf(project: Project, gguf: Path, out_dir: Path, reporter: Reporte
     config = project.config.playtest
     if sessions is not None:
         config = replace(config, sessions=sessions)
-    backend = GgufBackend(gguf, config.n_ctx, config.temperature, config.seed, config.top_p)
+    backend = GgufBackend(gguf, config.n_ctx, config.temperature, config.seed, config.top_p,
+                          grammar=project.tool_grammar(Path(out_dir)))
     scripts = project.config.path(config.scripts_dir) if config.scripts_dir else None
     data = project.config.data
     try:

@@ -44,6 +44,15 @@ class Project:
         and every conversation rendered must carry what training saw."""
         return tools_prompt(self.config.data.agent_tools, self.config.data.tools_in_prompt)
 
+    def tool_grammar(self, folder: Path) -> Path | None:
+        """The app's tool grammar for data.agent_tools, written to `folder`, which every GGUF that
+        validation, the playtest and chat decode goes through, as the phone's does; None when
+        validate.grammar is off (to compare) or the agent has no tools."""
+        from ..data.grammar import write_grammar
+
+        tools = list(self.config.data.agent_tools)
+        return write_grammar(folder, tools) if self.config.validate.grammar and tools else None
+
     def path(self, relative: str) -> Path:
         return self.config.path(relative)
 

@@ -68,11 +68,12 @@ def validate_gguf(project: Project, gguf: Path, adapter_dir: Path | None, base_p
             backends.append((TUNED_MLX, lambda: MlxBackend(base_path, adapter_dir)))
         if config.validate.compare_base:
             backends.append((BASE_MLX, lambda: MlxBackend(base_path)))
+    grammar = project.tool_grammar(Path(out_dir))
     try:
         report = run_validation(gguf, cases, vocabulary, list(config.data.agent_tools), _training_texts(dataset_dir),
                                 config.validate, backends, previous,
                                 lambda label, done, total: reporter.progress("validation", label, done, total),
-                                agent_profiles(config.data.agent_tools, config.data.agent_profiles))
+                                agent_profiles(config.data.agent_tools, config.data.agent_profiles), grammar)
     finally:
         reporter.finished("validation")
     report.notes += [f"left out of the cases (training has it too): {path}" for path in left_out]
