@@ -405,11 +405,12 @@ def test_the_export_in_llama_rns_engine_with_nodes_own_test_runner(exported, tmp
     rows = [json.loads(line)["messages"] for line in (project / ".mlx-dm" / "dataset" / "train.jsonl").read_text().splitlines()]
     long = max(rows, key=lambda messages: sum(m["content"].startswith("Tool results:") for m in messages))
     request = tmp_path / "request.json"
-    request.write_text(json.dumps(request_for(gguf, conversations + [long], folder, 2048)))
+    grammar = next((project / "assets" / "models").glob("*.gbnf"))  # what llama-rn.ts passes
+    request.write_text(json.dumps(request_for(gguf, conversations + [long], folder, 2048, grammar=grammar)))
     run = subprocess.run(["node", "--test", str(ROOT / "tests" / "js" / "llama_node.test.mjs")], capture_output=True,
                          text=True, timeout=600, env={**os.environ, "MLX_DM_NODE_REQUEST": str(request)})
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "# pass 4" in run.stdout and "decode " in run.stdout
+    assert "# pass 5" in run.stdout and "decode " in run.stdout
     # The run's own validation made the same check.
     (validation,) = sorted((project / "runs").glob("*-train/validation/validation.json"))[-1:]
     report = json.loads(validation.read_text())

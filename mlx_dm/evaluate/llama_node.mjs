@@ -34,6 +34,9 @@ function ranOutInsideACharacter(result, nPredict) {
 async function generate(context, messages, stop, request) {
   const result = await context.completion({
     messages, jinja: true, stop, n_predict: request.n_predict, temperature: 0, top_k: 1,
+    // The app's tool grammar as `grammar` (not lazy: with jinja on, llama.rn lets the chat template's
+    // lazy triggers replace the caller's; this grammar's root works from the first token).
+    ...(request.grammar ? { grammar: request.grammar } : {}),
   });
   return {
     stop,

@@ -89,7 +89,7 @@ def ensure_installed(timeout: float = 900) -> tuple[Path | None, str]:
 
 
 def request_for(gguf: Path, conversations: list[list[dict[str, str]]], folder: Path, n_ctx: int,
-                n_predict: int = 48) -> dict:
+                n_predict: int = 48, grammar: Path | None = None) -> dict:
     """The check's input: each conversation with the text training rendered it as (without <bos>,
     which llama.cpp adds when it tokenises)."""
     rendered = []
@@ -98,17 +98,18 @@ def request_for(gguf: Path, conversations: list[list[dict[str, str]]], folder: P
         rendered.append({"messages": history, "expected": expected.removeprefix("<bos>")})
     return {"module_dir": str(folder), "model": str(Path(gguf).resolve()), "load": {**APP_LOAD, "n_ctx": n_ctx},
             "conversations": rendered, "stops": {"app": APP_STOPS, "recommended": list(STOP_WORDS)},
-            "n_predict": n_predict, "call_pattern": APP_CALL_PATTERN.pattern}
+            "n_predict": n_predict, "call_pattern": APP_CALL_PATTERN.pattern,
+            "grammar": Path(grammar).read_text(encoding="utf-8") if grammar else None}
 
 
 def check_in_llama_node(gguf: Path, conversations: list[list[dict[str, str]]], n_ctx: int = 2048,
-                        timeout: float = 600) -> NodeReport:
+                        timeout: float = 600, grammar: Path | None = None) -> NodeReport:
     folder, why = ensure_installed()
     if folder is None:
         return NodeReport(False, skipped=why)
     with tempfile.TemporaryDirectory(prefix="mlx-dm-node-") as scratch:
         request_file, result_file = Path(scratch) / "request.json", Path(scratch) / "result.json"
-        request_file.write_text(json.dumps(request_for(gguf, conversations, folder, n_ctx)), encoding="utf-8")
+        request_file.write_text(json.dumps(request_for(gguf, conversations, folder, n_ctx, grammar=grammar)), encoding="utf-8")
         try:
             done = subprocess.run(["node", str(SCRIPT), str(request_file), str(result_file)], capture_output=True,
                                   text=True, timeout=timeout)

@@ -209,7 +209,7 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
     report.notes.append(f"the GGUFs decoded with the app's tool grammar ({Path(grammar).name})" if grammar else
                         "the GGUFs decoded without the app's tool grammar (validate.grammar off)")
     if settings.llama_node and compat.loads:
-        report.node = check_in_llama_node(gguf, conversations[:4], settings.n_ctx)
+        report.node = check_in_llama_node(gguf, conversations[:4], settings.n_ctx, grammar=grammar)
     decide(report, settings)
     return report
 

@@ -44,3 +44,14 @@ test("calls are read with the app's pattern", () => {
     assert.deepEqual(run.calls, [...run.text.matchAll(pattern)].map((m) => ({ name: m[1].toLowerCase(), arguments: m[2].trim() })));
   }
 });
+
+test("under the app's tool grammar, a '[' only ever opens a call", () => {
+  assert.ok(request.grammar && request.grammar.includes('root ::='), 'the request carries the grammar');
+  const pattern = new RegExp(request.call_pattern, 'g');
+  for (const run of Object.values(result.generations)) {
+    const opened = (run.text.match(/\[/g) || []).length;
+    const calls = [...run.text.matchAll(pattern)].length;
+    // A reply cut by n_predict may end inside its last call.
+    assert.ok(opened === calls || (run.stopped_limit && opened === calls + 1), run.text);
+  }
+});
