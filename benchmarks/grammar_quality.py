@@ -50,12 +50,12 @@ def backend(model: Path, way: str, grammar: Path):
 
 
 def measure(model: Path, tools: list[str], limit: int, max_tokens: int, out: Path) -> dict:
-    from mlx_dm.data.grammar import write_grammar
+    from mlx_dm.data.grammar import gbnf, write_grammar
     from mlx_dm.data.profiles import builtin_profiles, profile_report
     from mlx_dm.evaluate.cases import call_vocabulary
     from mlx_dm.evaluate.validate import evaluate_backend
 
-    grammar = write_grammar(out, tools)
+    grammar = write_grammar(out, gbnf(tools))
     chosen = cases(limit)
     vocabulary = call_vocabulary(out, tools)
     results = {}

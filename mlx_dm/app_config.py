@@ -110,18 +110,17 @@ def integration(placed, agent_tools: list[str], tools: str = "", grammar: bool =
     }
 
 
-def write_app_config(models_dir: Path, placed, agent_tools: list[str], tools: str = "") -> None:
-    """Every runtime's lines for `placed`, and its tool grammar for the app's agent tools (the grammar
-    is the app parser's rules, so it is written from today's data.agent_tools; an older version's
-    grammar file in assets/models is removed, as its GGUF is)."""
-    from .data.grammar import gbnf, write_grammar
+def write_app_config(models_dir: Path, placed, agent_tools: list[str], tools: str = "", grammar: str = "") -> None:
+    """Every runtime's lines for `placed`, and `grammar`, the app parser's tool grammar (written from
+    today's agent profile, data/grammar.app_grammar: it is the app's rules, not the model's; an older
+    version's grammar file in assets/models is removed, as its GGUF is)."""
+    from .data.grammar import write_grammar
 
-    grammar = gbnf(list(agent_tools)) if agent_tools else ""
     for old in models_dir.glob(f"{placed.name}-v*.gbnf"):
         if old.name != grammar_name(placed):
             old.unlink()
     if grammar:
-        write_grammar(models_dir, agent_tools, grammar_name(placed))
+        write_grammar(models_dir, grammar, grammar_name(placed))
     atomic_write_text(models_dir / "llama-rn.ts", llama_rn_snippet(placed, grammar))
     atomic_write_json(models_dir / "integration.json", integration(placed, agent_tools, tools, bool(grammar)))
     atomic_write_text(models_dir / "cactus-config.ts", cactus_snippet(placed))

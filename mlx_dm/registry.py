@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .app_config import write_app_config
+from .data.grammar import app_grammar
 from .config import load_config
 from .data.profiles import tools_prompt
 from .errors import ModelError
@@ -191,8 +192,10 @@ def promote(project_dir: Path, version: str) -> PlacedModel:
     for item in manifest["versions"]:
         if item["version"] == placed.version:
             item["status"] = "promoted"
-    data = load_config(project_dir).data
-    write_app_config(models_dir, placed, data.agent_tools, tools_prompt(data.agent_tools, data.tools_in_prompt))
+    config = load_config(project_dir)
+    data = config.data
+    write_app_config(models_dir, placed, data.agent_tools, tools_prompt(data.agent_tools, data.tools_in_prompt),
+                     app_grammar(config))
     atomic_write_json(models_dir / "manifest.json", manifest)
     if previous and previous["version"] != placed.version:
         kept = models_dir / VERSIONS / f"{previous['name']}-{previous['version']}"

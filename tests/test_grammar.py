@@ -40,6 +40,19 @@ def test_the_grammar_takes_every_call_of_the_corpus_and_refuses_invented_argumen
     assert re.search(r"^root ::= text \(call text\)\*$", text, re.M) and r"text ::= [^\[]*" in text
 
 
+def test_the_app_s_agent_profile_drives_the_grammar():
+    """playtest.profile names the app's parser: the command parser's roll starts with dice."""
+    from mlx_dm.config import Config
+    from mlx_dm.data.grammar import app_grammar
+
+    assert app_grammar(Config()) == gbnf(TOOLS)
+    command = app_grammar(Config().override("test", playtest={"profile": "command-parser"}))
+    assert '"roll" sep dice-first' in command and '"skill_check"' not in command
+    assert refused_calls("[roll: perception] [roll: 1d20+5, stealth]", ["roll"], ("roll",)) == ["[roll: perception]"]
+    with pytest.raises(Exception, match="not an agent profile"):
+        app_grammar(Config().override("test", playtest={"profile": "nobody"}))
+
+
 def test_data_build_warns_at_the_line_of_a_call_the_grammar_refuses(tmp_path):
     scenario = (STARTER_DIR / "combat").glob("*.md").__next__().read_text(encoding="utf-8")
     folder = tmp_path / "ai-training"
@@ -79,7 +92,7 @@ def test_constrained_decoding_writes_only_calls_the_grammar_allows_and_changes_n
     from mlx_dm.inference import GgufBackend
 
     tools = ["roll", "damage", "save"]
-    grammar = write_grammar(tmp_path, tools)
+    grammar = write_grammar(tmp_path, gbnf(tools))
     free, constrained = GgufBackend(real_gguf, n_ctx=1024), GgufBackend(real_gguf, n_ctx=1024, grammar=grammar)
     said = "".join(free.stream(INVENTED, 48))
     kept = "".join(constrained.stream(INVENTED, 48))
@@ -96,7 +109,7 @@ def test_the_grammar_lets_a_turn_end_after_text_and_only_after_a_closed_call(rea
 
     from mlx_dm.inference import GgufBackend
 
-    backend = GgufBackend(real_gguf, n_ctx=512, grammar=write_grammar(tmp_path, TOOLS))
+    backend = GgufBackend(real_gguf, n_ctx=512, grammar=write_grammar(tmp_path, gbnf(TOOLS)))
     gate, llm = backend.grammar, backend.llm
     end = llama_cpp.llama_vocab_eos(llama_cpp.llama_model_get_vocab(llm.model))
 

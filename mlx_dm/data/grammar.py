@@ -44,6 +44,7 @@ ARGUMENT_FORMS: dict[str, ArgumentForm] = {
     "ability": ArgumentForm(" | ".join(f'"{a}"' for a in sorted(ABILITIES)), "(?:" + "|".join(sorted(ABILITIES)) + ")"),
     "save": ArgumentForm(r'ability (", " free)?', r"(?:" + "|".join(sorted(ABILITIES)) + r")(?:, [^\[\]\n]{1,160})?"),
     "amount": ArgumentForm(r'name ", " dice', rf"[^\[\]\n,]{{1,40}}, {_DICE_TERM}(?:[+-]{_DICE_TERM})*"),
+    "dice-first": ArgumentForm(r'dice (", " free)?', rf"{_DICE_TERM}(?:[+-]{_DICE_TERM})*(?:, [^\[\]\n]{{1,160}})?"),
     "number": ArgumentForm(r'[0-9]{1,6} ("." [0-9]{1,2})?', r"\d{1,6}(?:\.\d{1,2})?"),
 }
 # Which form each tool's argument takes. Free text where the game's own files write prose
@@ -53,16 +54,17 @@ TOOL_FORMS: dict[str, str] = {
 }
 
 
-def form_of(tool: str) -> str:
-    return TOOL_FORMS.get(tool.lower(), "free")
+def form_of(tool: str, dice_first: tuple[str, ...] = ()) -> str:
+    """The tool's argument form; a profile's `dice_first` tools (the command parser's `roll`) start with dice."""
+    return "dice-first" if tool.lower() in {t.lower() for t in dice_first} else TOOL_FORMS.get(tool.lower(), "free")
 
 
-def gbnf(tools: list[str]) -> str:
+def gbnf(tools: list[str], dice_first: tuple[str, ...] = ()) -> str:
     """The grammar for an agent that acts on `tools` (their names as the app's parser reads them)."""
     if not tools:
         raise ValueError("a grammar needs at least one tool")
-    calls = " |\n    ".join(f'"{_escape(tool)}" sep {form_of(tool)}' for tool in tools)
-    used = {form_of(tool) for tool in tools}
+    calls = " |\n    ".join(f'"{_escape(tool)}" sep {form_of(tool, dice_first)}' for tool in tools)
+    used = {form_of(tool, dice_first) for tool in tools}
     needed = _closure(used)
     lines = ["# mlx-dm: free narration; a '[' opens one call of the app's tools (data/grammar.py)",
              "root ::= text (call text)*", r"text ::= [^\[]*", f'call ::= "[" (\n    {calls}\n  ) "]"', 'sep ::= ":" " "?']
@@ -87,29 +89,43 @@ def _escape(tool: str) -> str:
     return tool.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def call_pattern(tools: list[str]) -> re.Pattern:
+def call_pattern(tools: list[str], dice_first: tuple[str, ...] = ()) -> re.Pattern:
     """A whole call the grammar allows, as Python sees it: `[tool: argument]`."""
-    alternatives = "|".join(f"{re.escape(tool)}: ?{ARGUMENT_FORMS[form_of(tool)].pattern}" for tool in tools)
+    alternatives = "|".join(f"{re.escape(tool)}: ?{ARGUMENT_FORMS[form_of(tool, dice_first)].pattern}" for tool in tools)
     return re.compile(rf"\[(?:{alternatives})\]")
 
 
-def refused_calls(text: str, tools: list[str]) -> list[str]:
+def refused_calls(text: str, tools: list[str], dice_first: tuple[str, ...] = ()) -> list[str]:
     """The calls in a reply that the grammar for `tools` could not produce, as written: a name it
     does not allow, or an argument outside the tool's form. Text with no call is always allowed."""
-    allowed = call_pattern(tools)
+    allowed = call_pattern(tools, dice_first)
     return [call.raw for call in find_calls(text, 1) if not allowed.fullmatch(call.raw)]
 
 
 GRAMMAR_FILE = "tools.gbnf"
 
 
-def write_grammar(folder: Path, tools: list[str], name: str = GRAMMAR_FILE) -> Path:
-    """The grammar for `tools` as `folder/name` (atomically); returns its path."""
+def app_grammar(config) -> str:
+    """The grammar of the app's parser: the agent profile `playtest.profile` names (built-in or
+    data.agent_profiles; by default the Cactus-era agent of data.agent_tools), "" when it has no tools."""
+    from ..errors import ConfigError
+    from .profiles import agent_profiles
+
+    profiles = agent_profiles(config.data.agent_tools, config.data.agent_profiles)
+    if config.playtest.profile not in profiles:
+        raise ConfigError(f"playtest.profile '{config.playtest.profile}' is not an agent profile",
+                          f"use one of: {', '.join(sorted(profiles))}")
+    profile = profiles[config.playtest.profile]
+    return gbnf(list(profile.tools), profile.dice_first) if profile.tools else ""
+
+
+def write_grammar(folder: Path, text: str, name: str = GRAMMAR_FILE) -> Path:
+    """`text` (a grammar) as `folder/name`, atomically; returns its path."""
     from ..files import atomic_write_text
 
     path = Path(folder) / name
     Path(folder).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, gbnf(list(tools)))
+    atomic_write_text(path, text)
     return path
 
 

@@ -45,13 +45,13 @@ class Project:
         return tools_prompt(self.config.data.agent_tools, self.config.data.tools_in_prompt)
 
     def tool_grammar(self, folder: Path) -> Path | None:
-        """The app's tool grammar for data.agent_tools, written to `folder`, which every GGUF that
+        """The app's tool grammar (data/grammar.app_grammar), written to `folder`, which every GGUF that
         validation, the playtest and chat decode goes through, as the phone's does; None when
         validate.grammar is off (to compare) or the agent has no tools."""
-        from ..data.grammar import write_grammar
+        from ..data.grammar import app_grammar, write_grammar
 
-        tools = list(self.config.data.agent_tools)
-        return write_grammar(folder, tools) if self.config.validate.grammar and tools else None
+        text = app_grammar(self.config) if self.config.validate.grammar else ""
+        return write_grammar(folder, text) if text else None
 
     def path(self, relative: str) -> Path:
         return self.config.path(relative)
