@@ -128,10 +128,12 @@ def test_a_rerun_resumes_at_the_first_stage_its_finished_run_has_not_done(tmp_pa
     assert finished_training(runs, "other", tmp_path) is None  # another config or data: train
     _register(tmp_path, "20260101-000000-train", "v1", "candidate")
     assert finished_training(runs, "k", tmp_path).stage == "validation"
-    _register(tmp_path, "20260101-000000-train", "v2", "validated")
+    _register(tmp_path, "20260101-000000-train", "v2", "scored")  # killed in the playtest
+    assert finished_training(runs, "k", tmp_path).stage == "playtest"
+    _register(tmp_path, "20260101-000000-train", "v3", "validated")
     resumed = finished_training(runs, "k", tmp_path)
-    assert resumed.stage == "promotion" and resumed.version["version"] == "v2"
-    _register(tmp_path, "20260101-000000-train", "v3", "promoted")
+    assert resumed.stage == "promotion" and resumed.version["version"] == "v3"
+    _register(tmp_path, "20260101-000000-train", "v4", "promoted")
     assert finished_training(runs, "k", tmp_path) is None  # its model reached the app: --force trains anew
     _stage_run(tmp_path, "20260102-000000-train", "k", status="interrupted")
     assert finished_training(runs, "k", tmp_path) is None  # the trainer resumes the newer, unfinished one

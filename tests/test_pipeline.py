@@ -18,7 +18,7 @@ from mlx_dm.pipeline.plan import plan_retraining
 from mlx_dm.pipeline.project import Project
 from mlx_dm.pipeline.reporter import Reporter
 from mlx_dm.pipeline.settings import dev_profile
-from mlx_dm.registry import load_manifest, models_dir_of, promote, stage
+from mlx_dm.registry import load_manifest, models_dir_of, promote, stage, update_version
 
 
 def _version(project: Path, run: str, files: dict[str, str], adapter: bool = True, base: str = "tiny"):
@@ -111,10 +111,31 @@ def test_a_version_is_promoted_only_when_validation_and_its_playtest_pass(tmp_pa
     assert [p.name for p in models_dir_of(tmp_path).glob("*.gguf")] == [Path(manifest["current"]["gguf_path"]).name]
 
 
+def test_a_version_killed_in_its_playtest_is_played_again_not_scored_again(tmp_path, monkeypatch):
+    """Validation passed ("scored" in the registry), then the run died in the playtest: the rerun
+    starts at the playtest, records "validated", then promotes."""
+    candidate = _version(tmp_path, "r1", {"a.md": "1"})
+    update_version(tmp_path, candidate, status="scored")
+    played = []
+
+    def playtested(project, gguf, out_dir, reporter, sessions=None):
+        played.append(load_manifest(models_dir_of(tmp_path))["versions"][0]["status"])
+        return PlaytestReport(gguf.name, "cactus-agent", {}, [], {}, [Check("parsed", True, 1, 1)]), out_dir / "p.md"
+
+    monkeypatch.setattr(validate_stage, "validate_gguf", lambda *args, **kwargs: pytest.fail("scored again"))
+    monkeypatch.setattr(validate_stage, "playtest_gguf", playtested)
+    validate_stage.validate_and_promote(_project(tmp_path), candidate, None, None, tmp_path / "v", Reporter(),
+                                        start="playtest")
+    manifest = load_manifest(models_dir_of(tmp_path))
+    assert played == ["scored"] and manifest["current"]["version"] == "v1"
+    assert [v["status"] for v in manifest["versions"]] == ["promoted"]
+
+
 def test_a_validated_version_is_promoted_without_validating_it_again(tmp_path, monkeypatch):
     candidate = _version(tmp_path, "r1", {"a.md": "1"})
     monkeypatch.setattr(validate_stage, "validate_gguf", lambda *args, **kwargs: pytest.fail("validated again"))
-    validate_stage.validate_and_promote(_project(tmp_path), candidate, None, None, tmp_path / "v", Reporter(), validated=True)
+    validate_stage.validate_and_promote(_project(tmp_path), candidate, None, None, tmp_path / "v", Reporter(),
+                                        start="promotion")
     assert load_manifest(models_dir_of(tmp_path))["current"]["version"] == "v1"
 
 

@@ -14,14 +14,16 @@ from ..registry import version_of_run
 from ..train.checkpoint import read_run_state
 
 # The next stage for each registry status of the run's version (None: nothing stored yet).
-NEXT_STAGE = {None: "export", "candidate": "validation", "rejected": "validation", "validated": "promotion"}
+# "scored": validation passed, the playtest is left; "validated": both passed, the promotion is left.
+NEXT_STAGE = {None: "export", "candidate": "validation", "rejected": "validation", "scored": "playtest",
+              "validated": "promotion"}
 DONE = ("promoted", "rolled back")  # the run's model reached the app: a rerun trains anew
 
 
 @dataclass(frozen=True)
 class Resume:
     run_dir: Path
-    stage: str  # "export", "validation" or "promotion"
+    stage: str  # "export", "validation", "playtest" or "promotion"
     version: dict | None  # the registry entry of the run's version, once stored
 
     @property

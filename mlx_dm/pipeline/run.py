@@ -71,7 +71,8 @@ def run(project: Project, options: RunOptions, hardware: Hardware, reporter: Rep
         placed = placed_from_entry(resumed.version)
         reporter.note(f"export done earlier: {placed.version} ({placed.gguf_path})")
     promoted = validate_and_promote(project, placed, adapter, base_path, adapter.parent / "validation", reporter,
-                                    validated=resumed is not None and resumed.stage == "promotion")
+                                    start=resumed.stage if resumed is not None and resumed.stage != "export"
+                                    else "validation")
     return RunOutcome("promoted", plan, promoted)
 
 

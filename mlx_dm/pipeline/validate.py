@@ -95,18 +95,24 @@ def _unless_failed(check, project: Project, placed: PlacedModel, report_path: Pa
 
 
 def validate_and_promote(project: Project, placed: PlacedModel, adapter_dir: Path | None, base_path: Path | None,
-                         out_dir: Path, reporter: Reporter, validated: bool = False) -> Promoted:
-    """Validate a stored version against the app's current model; promote it only when it passes.
+                         out_dir: Path, reporter: Reporter, start: str = "validation") -> Promoted:
+    """Validate a stored version against the app's current model, playtest it, and promote it only
+    when both pass; a version that fails is kept in versions/ as "rejected" (ValidationFailed).
 
-    `validated`: it passed in an earlier, interrupted run; only the promotion is left. A version
-    that fails is kept in versions/ as "rejected" and ValidationFailed is raised."""
+    Each finished step is recorded in the registry (status "scored" after validation, "validated"
+    after the playtest), so an interrupted run resumes at `start` ("validation", "playtest" or
+    "promotion": pipeline/resume.py) without scoring the version again."""
     current = project.current_model()
-    if not validated:
+    if start == "validation":
         reporter.stage("validation", f"scoring {Path(placed.gguf_path).name}", out_dir.parent)
         previous = project.path(current["gguf_path"]) if current else None
         report, path = validate_gguf(project, project.path(placed.gguf_path), adapter_dir, base_path, out_dir, reporter,
                                      previous if previous and previous.is_file() else None)
         _unless_failed(lambda: raise_if_failed(report, path), project, placed, path, current, reporter)
+        scores = {k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance", "reference_calls", "predicted_calls")} if report.evaluations else {}
+        update_version(project.root, placed, status="scored", validation=str(path), scores=scores)
+        start = "playtest"
+    if start == "playtest":
         games = project.config.playtest.after_validation
         if games > 0:
             reporter.stage("playtest", f"{games} games on {Path(placed.gguf_path).name}", out_dir.parent)
@@ -114,8 +120,7 @@ def validate_and_promote(project: Project, placed: PlacedModel, adapter_dir: Pat
                                                 reporter, games)
             _unless_failed(lambda: raise_if_playtest_failed(played, played_path), project, placed, played_path,
                            current, reporter)
-        scores = {k: report.evaluations[0].overall[k] for k in ("tool_f1", "format_compliance", "reference_calls", "predicted_calls")} if report.evaluations else {}
-        update_version(project.root, placed, status="validated", validation=str(path), scores=scores)
+        update_version(project.root, placed, status="validated")
     reporter.stage("promotion", placed.version, out_dir.parent)
     promoted = Promoted(promote(project.root, placed.version), prune_versions(project.root, project.config.model.keep_versions))
     reporter.result("promotion", promoted)
