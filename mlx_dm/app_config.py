@@ -116,10 +116,7 @@ def write_app_config(models_dir: Path, placed, agent_tools: list[str], tools: st
     version's grammar file in assets/models is removed, as its GGUF is)."""
     from .data.grammar import write_grammar
 
-    for old in models_dir.glob(f"{placed.name}-v*.gbnf"):
-        if old.name != grammar_name(placed):
-            old.unlink()
-    if grammar:
+    if grammar:  # first: the files below name it
         write_grammar(models_dir, grammar, grammar_name(placed))
     atomic_write_text(models_dir / "llama-rn.ts", llama_rn_snippet(placed, grammar))
     atomic_write_json(models_dir / "integration.json", integration(placed, agent_tools, tools, bool(grammar)))
@@ -132,3 +129,6 @@ def write_app_config(models_dir: Path, placed, agent_tools: list[str], tools: st
         "loader": "CactusVLM" if placed.mmproj_path else "CactusLM",
         "n_ctx": placed.n_ctx, "stop": STOP_WORDS, "sha256": placed.sha256,
     })
+    for old in models_dir.glob(f"{placed.name}-v*.gbnf"):  # last: a kill before here leaves every file whole
+        if old.name != grammar_name(placed) or not grammar:
+            old.unlink()

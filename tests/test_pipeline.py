@@ -169,3 +169,18 @@ def test_the_data_side_of_the_agent_tables_counts_each_scenario_once(tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "valid.jsonl").write_text(record("c.md", "The door opens.") + "\n")
     assert validate_stage._training_texts(tmp_path) == ["[roll: perception]", "[heal: Mira, 1d8]", "The door opens."]
+
+
+def test_each_promoted_version_brings_its_grammar_and_takes_the_last_one_away(tmp_path):
+    from mlx_dm.data.grammar import gbnf
+    from mlx_dm.registry import rollback
+
+    models = models_dir_of(tmp_path)
+    for run in ("r1", "r2"):
+        promote(tmp_path, _version(tmp_path, run, {"a.md": run}).version)
+    assert [p.name for p in models.glob("*.gbnf")] == ["dm-tiny-gemma3n-v2.gbnf"]
+    screen = json.loads((models / "integration.json").read_text())
+    assert screen["tools"]["grammar"] == "assets/models/dm-tiny-gemma3n-v2.gbnf"
+    assert (models / "dm-tiny-gemma3n-v2.gbnf").read_text() == gbnf(screen["tools"]["supported"])
+    rollback(tmp_path)
+    assert [p.name for p in models.glob("*.gbnf")] == ["dm-tiny-gemma3n-v1.gbnf"]
