@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import tempfile
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _kill_point(target)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file gets what any new file would
@@ -49,6 +51,17 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+KILL_WRITING = "MLX_DM_KILL_WRITING"
+
+
+def _kill_point(target: Path) -> None:
+    """Fault injection for the crash tests: with MLX_DM_KILL_WRITING set to this file's name, the
+    process SIGKILLs itself once the new content is written beside the target but not yet in place,
+    so no `finally` runs, as with an OOM kill or a power cut (tests/test_pipeline.py)."""
+    if os.environ.get(KILL_WRITING) == target.name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write_text(target: Path, text: str) -> None:

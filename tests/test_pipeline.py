@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
@@ -184,3 +186,34 @@ def test_each_promoted_version_brings_its_grammar_and_takes_the_last_one_away(tm
     assert (models / "dm-tiny-gemma3n-v2.gbnf").read_text() == gbnf(screen["tools"]["supported"])
     rollback(tmp_path)
     assert [p.name for p in models.glob("*.gbnf")] == ["dm-tiny-gemma3n-v1.gbnf"]
+
+
+@pytest.mark.parametrize("killed_writing", ["dm-tiny-gemma3n-v2-Q4_K_M.gguf", "dm-tiny-gemma3n-v2.gbnf", "llama-rn.ts",
+                                            "integration.json", "manifest.json"])
+def test_a_promotion_killed_inside_any_writer_leaves_the_app_whole_and_the_rerun_completes_it(tmp_path, killed_writing):
+    """SIGKILL (no `finally` runs) with the new file written beside its target: the app keeps a whole
+    model its files name, the rerun sweeps the half-written file and finishes the promotion."""
+    import subprocess
+    import sys
+
+    from mlx_dm.files import KILL_WRITING, sha256_of
+
+    models = models_dir_of(tmp_path)
+    promote(tmp_path, _version(tmp_path, "r1", {"a.md": "1"}).version)
+    _version(tmp_path, "r2", {"a.md": "2"})
+    command = [sys.executable, "-m", "mlx_dm", "-C", str(tmp_path), "models", "promote", "v2", "--force"]
+    killed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, KILL_WRITING: killed_writing})
+    assert killed.returncode == 137 and "SIGKILL" in killed.stderr, killed.stdout + killed.stderr  # the supervisor says so
+    assert list(models.glob(f".{killed_writing}.*.partial"))  # what a kill leaves
+    current = load_manifest(models)["current"]
+    assert current["version"] == "v1" and sha256_of(tmp_path / current["gguf_path"]) == current["sha256"]
+    for asset in re.findall(r"require\('\.\./(assets/models/[^']+)'\)", (models / "llama-rn.ts").read_text()):
+        assert (tmp_path / asset).is_file()  # the app's lines name a whole model, old or new
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert not [p for p in tmp_path.rglob("*.partial")]
+    current = load_manifest(models)["current"]
+    assert current["version"] == "v2" and sha256_of(tmp_path / current["gguf_path"]) == current["sha256"]
+    assert sorted(p.name for p in models.glob("*.gguf")) == ["dm-tiny-gemma3n-v2-Q4_K_M.gguf"]
+    assert [p.name for p in models.glob("*.gbnf")] == ["dm-tiny-gemma3n-v2.gbnf"]
+    assert "dm-tiny-gemma3n-v2-Q4_K_M.gguf" in (models / "llama-rn.ts").read_text()
