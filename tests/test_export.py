@@ -89,7 +89,9 @@ def test_run_chooses_the_quantisation_by_measurement_on_held_out_cases(exported)
         assert 0 <= candidate["identical"] <= 1 and candidate["size_bytes"] == Path(candidate["path"]).stat().st_size
         assert 0 < candidate["same_top1"] <= 1 and candidate["mean_kl"] > -1e-3  # teacher-forced against f16
     assert choice["forced_positions"] > 8
-    assert choice["chosen"]["quant"] == report["quant"] and "F1 points of f16" in choice["reason"]
+    assert choice["chosen"]["quant"] == report["quant"] and "KL" in choice["reason"] and choice["max_kl"] == 0.05
+    for candidate in choice["candidates"]:  # the paired bootstrap against f16 on the same cases
+        assert candidate["f1_drop"] is None or candidate["f1_drop_lower"] <= candidate["f1_drop"]
     said = " ".join(result.stdout.split())
     assert "quantisation: 8 held-out cases" in said and "chose " in said
     markdown = (run / "export" / "export-report.md").read_text()
@@ -155,10 +157,11 @@ def test_f32_gguf_computes_the_mlx_graph_up_to_llama_cpps_conventions(tmp_path):
 def test_second_export_adds_a_version_and_keeps_the_first(exported):
     project, _ = exported
     models = project / "assets" / "models"
-    first = (models / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes()
+    name = Path(json.loads((models / "manifest.json").read_text())["current"]["gguf_path"]).name  # the choice's
+    first = (models / name).read_bytes()
     result = cli(project, "export", "--quant", "Q8_0")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert (models / "versions" / "dm-tiny-gemma3n-v1" / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes() == first
+    assert (models / "versions" / "dm-tiny-gemma3n-v1" / name).read_bytes() == first
     assert sorted(p.name for p in models.glob("*.gguf")) == ["dm-tiny-gemma3n-v2-Q8_0.gguf"]  # the app bundles one model
     manifest = json.loads((models / "manifest.json").read_text())
     assert [v["version"] for v in manifest["versions"]] == ["v1", "v2"] and manifest["current"]["version"] == "v2"
@@ -168,8 +171,8 @@ def test_second_export_adds_a_version_and_keeps_the_first(exported):
     assert listing.returncode == 0 and "v2" in listing.stdout and "promoted" in listing.stdout
     back = cli(project, "models", "rollback")
     assert back.returncode == 0, back.stdout + back.stderr
-    assert (models / "dm-tiny-gemma3n-v1-Q4_K_M.gguf").read_bytes() == first
-    assert json.loads((models / "cactus-config.json").read_text())["modelFile"] == "dm-tiny-gemma3n-v1-Q4_K_M.gguf"
+    assert (models / name).read_bytes() == first
+    assert json.loads((models / "cactus-config.json").read_text())["modelFile"] == name
     again = cli(project, "models", "promote", "v2")
     assert again.returncode == 0 and json.loads((models / "manifest.json").read_text())["current"]["version"] == "v2"
 

@@ -88,19 +88,39 @@ def test_quantize_names_a_bad_tensor_type(tiny_f16, tmp_path):
         quantize(tiny_f16, tmp_path / "bad.gguf", "Q4_K_M", tensor_types={"x": "Q9"})
 
 
-def _scored(quant: str, size: int, f1: float) -> Candidate:
-    return Candidate(quant, None, size, path=Path(f"{quant}.gguf"), tool_f1=f1)
+def _scored(quant: str, size: int, kl: float, drop_lower: float | None = -0.05) -> Candidate:
+    return Candidate(quant, None, size, path=Path(f"{quant}.gguf"), tool_f1=0.5, mean_kl=kl,
+                     f1_drop=None if drop_lower is None else drop_lower + 0.05, f1_drop_lower=drop_lower)
 
 
-def test_pick_keeps_the_smallest_within_the_drift_else_the_best():
-    candidates = [_scored("Q3_K_M", 100, 0.60), _scored("Q4_K_M", 120, 0.745), _scored("Q5_K_M", 140, 0.76),
-                  Candidate("Q8_0", None, 300)]  # over the budget: never picked
-    chosen, reason = pick(candidates, 0.765, 0.02)
-    assert chosen.quant == "Q4_K_M" and "smallest file within 2 F1 points" in reason
-    chosen, reason = pick(candidates, 0.90, 0.02)
-    assert chosen.quant == "Q5_K_M" and "best one found" in reason
-    tied = [_scored("Q4_K_M", 120, 0.5), _scored("Q5_K_M", 140, 0.5)]
-    assert pick(tied, 0.9, 0.02)[0].quant == "Q4_K_M"
+def test_pick_keeps_the_smallest_close_to_f16_by_kl_and_not_significantly_worse_in_f1():
+    # The real 270M's frontier (KL from f16, nats per reply position), Q8_0 over the budget.
+    candidates = [_scored("Q3_K_M", 242, 0.145), _scored("Q4_K_M", 253, 0.067), _scored("Q5_K_S", 258, 0.029),
+                  _scored("Q6_K", 283, 0.010), Candidate("Q8_0", None, 292)]
+    chosen, reason = pick(candidates, 0.05)
+    assert chosen.quant == "Q5_K_S" and "smallest file within KL 0.05" in reason and "not significantly below" in reason
+    candidates[2].f1_drop_lower = 0.01  # the paired bootstrap says Q5_K_S lost calls: the next one is kept
+    assert pick(candidates, 0.05)[0].quant == "Q6_K"
+    chosen, reason = pick(candidates, 0.005)  # none that close: the closest by KL
+    assert chosen.quant == "Q6_K" and "closest by KL" in reason
+    assert pick([_scored("Q4_K_M", 253, 0.067, None)], 0.1)[0].quant == "Q4_K_M"  # no calls either side: KL decides
+
+
+def test_the_paired_bootstrap_tells_a_real_loss_from_the_noise_of_few_cases():
+    from mlx_dm.evaluate.score import CallScore, ExampleScore, paired_f1_drop
+
+    def scores(hits: list[bool]) -> list[ExampleScore]:
+        return [ExampleScore(f"s{i}.md#1", "combat", "validation", "", "",
+                             CallScore([("roll", "stealth")], [("roll", "stealth")] if hit else [], int(hit), 0, [], []),
+                             None, None) for i, hit in enumerate(hits)]
+
+    reference = scores([True] * 30)
+    drop, lower = paired_f1_drop(reference, scores([True] * 20 + [False] * 10))
+    assert drop > 0.15 and lower > 0  # ten calls fewer of thirty: significantly below
+    drop, lower = paired_f1_drop(reference, scores([True] * 29 + [False]))
+    assert 0 < drop < 0.05 and lower <= 0  # one call fewer: within the noise
+    assert paired_f1_drop(scores([False] * 3), scores([False] * 3)) is not None
+    assert paired_f1_drop(reference, reference)[1] == 0
 
 
 def test_calibration_is_the_training_split_without_bos(tmp_path):
@@ -123,7 +143,7 @@ def test_without_cases_the_choice_is_the_largest_candidate_that_fits(tiny_f16, t
         made.append(path.name)
         return build()
 
-    choice = choose_quant(tiny_f16, tmp_path, "dm", ["Q4_K_M", "Q8_0"], None, None, [], set(), 0.02, 8, 256, make)
+    choice = choose_quant(tiny_f16, tmp_path, "dm", ["Q4_K_M", "Q8_0"], None, None, [], set(), 0.05, 8, 256, make)
     assert choice.chosen.quant == "Q8_0" and made == ["dm-Q8_0.gguf"] and "no held-out cases" in choice.reason
     assert [c.quant for c in choice.candidates] == ["Q4_K_M", "Q8_0"] and choice.candidates[0].path is None
 

@@ -32,8 +32,8 @@ def test_stage_keeps_the_app_files_and_promote_switches_them(tmp_path):
     assert app_files(project) == ["manifest.json"]
     assert load_manifest(project / "assets" / "models")["current"] is None
     promote(project, "v1")
-    assert app_files(project) == ["cactus-config.json", "cactus-config.ts", "dm-v1-Q4_K_M.gguf", "integration.json",
-                                  "llama-rn.ts", "manifest.json"]
+    assert app_files(project) == ["cactus-config.json", "cactus-config.ts", "dm-v1-Q4_K_M.gguf", "dm-v1.gbnf",
+                                  "integration.json", "llama-rn.ts", "manifest.json"]
     second = staged(project, tmp_path, b"two")
     assert second.version == "v2" and json.loads((project / "assets/models/cactus-config.json").read_text())["modelFile"] == "dm-v1-Q4_K_M.gguf"
     promote(project, "v2")

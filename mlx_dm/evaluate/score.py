@@ -220,6 +220,35 @@ def f1_interval(scores: list[ExampleScore], level: float = 0.9, draws: int = 100
     tail = (1 - level) / 2
     return [values[int(tail * (draws - 1))], values[int((1 - tail) * (draws - 1))]]
 
+def paired_f1_drop(reference: list[ExampleScore], candidate: list[ExampleScore], level: float = 0.9,
+                   draws: int = 1000, seed: int = 0) -> tuple[float, float] | None:
+    """How far `candidate`'s tool-call F1 falls below `reference`'s on the same cases, and the
+    one-sided `level` lower bound of that fall (paired bootstrap: the same scenarios drawn for both);
+    None when neither writes or expects a call. The candidate is significantly below when the bound
+    is above 0.
+
+    Why paired: two files answering the same 24-48 cases differ in a handful of calls; drawn apart,
+    each F1's own interval spans 20 points and hides a real loss, drawn together the noise of which
+    cases were drawn cancels."""
+    groups: dict[str, list[int]] = {}
+    for ref, cand in zip(reference, candidate, strict=True):
+        total = groups.setdefault(ref.case.rsplit("#", 1)[0], [0] * 6)
+        for i, value in enumerate((ref.calls.name_matches, len(ref.calls.predicted), len(ref.calls.reference),
+                                   cand.calls.name_matches, len(cand.calls.predicted), len(cand.calls.reference))):
+            total[i] += value
+    rows = list(groups.values())
+    if not rows or not any(r[1] or r[2] or r[4] for r in rows):
+        return None
+
+    def drop(sample: list[list[int]]) -> float:
+        sums = [sum(column) for column in zip(*sample)]
+        return tool_f1(*sums[:3]) - tool_f1(*sums[3:])
+
+    rng = random.Random(seed)
+    values = sorted(drop(rng.choices(rows, k=len(rows))) for _ in range(draws))
+    return drop(rows), values[int((1 - level) * (draws - 1))]
+
+
 def by_tool(scores: list[ExampleScore]) -> dict[str, dict[str, int]]:
     """Per tool name: the reference's calls, the model's, and those paired (a reply's calls of one
     name pair up to the fewer of the two). Says which tools a model misses or invents."""

@@ -180,7 +180,7 @@ def export_model(spec: ExportSpec, say: Callable[[str], None] = print, progress:
             f"{_budget_text(budget)}, scored on {len(spec.cases)} held-out cases against f16")
         start = time.perf_counter()
         choice = choose_quant(f16, work_dir, name, list(spec.quant.candidates), budget, imatrix,
-                              list(spec.cases), set(spec.vocabulary), spec.quant.max_drift, spec.quant.choice_max_tokens,
+                              list(spec.cases), set(spec.vocabulary), spec.quant.max_kl, spec.quant.choice_max_tokens,
                               spec.n_ctx, make, progress)
         timings["choose_s"] = time.perf_counter() - start
         gguf, quant, tensor_types = choice.chosen.path, choice.chosen.quant, choice.chosen.tensor_types

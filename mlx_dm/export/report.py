@@ -20,20 +20,24 @@ def choice_lines(choice: QuantChoice, f16_bytes: int) -> list[str]:
              + f"Kept: **{choice.chosen.label}**, {choice.reason}. Teacher-forced on the first tokens of "
              f"the reference replies ({choice.forced_positions} positions), each file's next-token distribution "
              "against f16's: the share where both choose the same token, and the mean KL divergence.", "",
-             "| candidate | MB | share of f16 | tool-call F1 | drift (points) | replies identical to f16 "
-             "| same first choice as f16 | KL from f16 | seconds |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| candidate | MB | share of f16 | tool-call F1 | drift (points) | 90% bound of the drift "
+             "| replies identical to f16 | same first choice as f16 | KL from f16 | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for c in choice.candidates:
         scored = c.tool_f1 is not None
         drift = f"{((choice.reference_f1 or 0) - c.tool_f1) * 100:+.1f}" if scored else "over the budget"
         kept = " (kept)" if c.label == choice.chosen.label else ""
         identical = "" if c.identical is None else f"{c.identical:.0%}"
         same = "" if c.same_top1 is None else f"{c.same_top1:.1%}"
-        kl = "" if c.mean_kl is None else f"{c.mean_kl:.4f}"
+        kl = "" if c.mean_kl is None else f"{c.mean_kl:.4f}" + (" (over max_kl)" if c.mean_kl > choice.max_kl else "")
+        bound = "" if c.f1_drop_lower is None else (f"{c.f1_drop_lower * 100:+.1f}"
+                                                    + (" (significantly below)" if c.significantly_below else ""))
         lines.append(f"| {c.label}{kept} | {c.size_bytes / 1e6:.1f} | {c.size_bytes / f16_bytes:.0%} | "
-                     f"{_points(c.tool_f1)} | {drift} | {identical} | {same} | {kl} | {c.seconds:.0f} |")
+                     f"{_points(c.tool_f1)} | {drift} | {bound} | {identical} | {same} | {kl} | {c.seconds:.0f} |")
     lines += [f"- note: {note}" for note in choice.notes]
-    lines += ["", "Drift is the F1 points a candidate loses against f16. The figures mean something on trained "
+    lines += ["", f"Drift is the F1 points a candidate loses against f16; its bound, the one-sided 90% lower bound "
+              f"of that loss over the same cases drawn for both (above 0: significantly below f16). Kept: the smallest "
+              f"file with KL from f16 at most {choice.max_kl:g} and not significantly below. The figures mean something on trained "
               "real weights only: the built-in tiny model's random weights make every candidate's F1 noise.", ""]
     return lines
 
@@ -43,8 +47,8 @@ def _points(value: float | None) -> str:
 
 
 def plot_frontier(choice: QuantChoice, path: Path) -> None:
-    """Size against tool-call F1 (the f16 line, its tolerance band, the kept file marked), and size
-    against the teacher-forced KL divergence from f16."""
+    """Size against tool-call F1 (the f16 line, each file's 90% bound, the kept file marked), and size
+    against the teacher-forced KL divergence from f16 (the max_kl line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,8 +58,10 @@ def plot_frontier(choice: QuantChoice, path: Path) -> None:
     sizes = [c.size_bytes / 1e6 for c in scored]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     reference = (choice.reference_f1 or 0) * 100
-    left.axhspan(reference - choice.max_drift * 100, reference, color="tab:green", alpha=0.12,
-                 label=f"within {choice.max_drift * 100:.0f} points of f16")
+    bounds = [c for c in scored if c.f1_drop_lower is not None]
+    left.errorbar([c.size_bytes / 1e6 for c in bounds], [c.tool_f1 * 100 for c in bounds],
+                  yerr=[[0] * len(bounds), [max(0.0, c.f1_drop - c.f1_drop_lower) * 100 for c in bounds]],
+                  fmt="none", ecolor="tab:blue", alpha=0.4, capsize=3, label="up to f16 less the 90% bound (at the f16 line: not significantly below)")
     left.axhline(reference, color="tab:green", lw=1, label=f"f16 ({reference:.1f})")
     left.plot(sizes, [c.tool_f1 * 100 for c in scored], "o-", color="tab:blue")
     chosen = choice.chosen
@@ -66,6 +72,8 @@ def plot_frontier(choice: QuantChoice, path: Path) -> None:
     left.legend(fontsize=8, loc="lower right")
     kl = [c.mean_kl if c.mean_kl is not None else float("nan") for c in scored]
     right.plot(sizes, kl, "o-", color="tab:purple")
+    right.axhline(choice.max_kl, color="tab:green", lw=1, ls="--", label=f"max_kl {choice.max_kl:g}")
+    right.legend(fontsize=8, loc="upper right")
     right.set_yscale("log")
     right.set_ylabel("mean KL divergence from f16 (nats, log scale)")
     right.set_title(f"teacher-forced, {choice.forced_positions} reply positions")
