@@ -85,6 +85,9 @@ def export_command(
     base_model = where.base_of_adapter(adapter_dir, base)
     config = where.config.override("the adapter's base", model={"base_model": base_model})
     where = Project(dev_validation(config) if base_model in TINY_BASES else config)
+    # The export reads the dataset (the importance matrix, the held-out cases, the parity check):
+    # built here, before the first expensive step, in a project that never built one.
+    build(where.config)
     base_path, reporter = where.base(), RichReporter()
     if target == "cactus":
         bundle = run_cactus_export(where, base_path, adapter_dir, reporter, cactus_bits, n_ctx, cactus_weights_only)
