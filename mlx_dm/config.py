@@ -108,7 +108,7 @@ class ValidateConfig:
     min_tool_f1: float = 0.6  # tool-call F1 (tool names) the tuned GGUF must reach
     min_format_compliance: float = 0.9  # share of calls the app's pattern reads
     min_in_role: float = 0.9  # share of replies without template leaks or assistant talk
-    max_gguf_drift: float = 0.02  # tool-call F1 of the GGUF may trail the MLX model by this much
+    max_gguf_drift: float = 0.02  # tool-call F1 of the GGUF may trail the MLX model by this much (refused when the paired bootstrap's 90% bound of the loss is above it)
     max_regression: float = 0.02  # ... and the model the app uses now by this much
     phone_ram_gb: float = 6.0  # RAM of the smallest phone to support
     app_memory_fraction: float = 0.5  # of the phone's RAM an app can count on (iOS/Android kill beyond)

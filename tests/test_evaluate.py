@@ -200,6 +200,22 @@ def test_decide_passes_a_good_model_and_names_what_fails():
     assert {"tool-call F1", "GGUF tool-call F1 vs tuned MLX", "fits a 6 GB phone"} <= failed
 
 
+def test_the_drift_check_refuses_a_real_loss_not_the_noise_of_few_cases():
+    """The GGUF against the tuned MLX model on the same 30 scenarios, paired: one call fewer is
+    noise and passes, ten fewer is a loss and fails (score.paired_f1_drop, as the export's choice)."""
+    from dataclasses import replace
+
+    def scored(hits: int) -> list:
+        return [replace(example(REFERENCE if i < hits else "Nothing."), case=f"s{i}.md#1") for i in range(30)]
+
+    for hits, passes in ((29, True), (20, False)):
+        report = ValidationReport("m.gguf", 30, [BackendEval(TUNED_GGUF, scored(hits), 1.0),
+                                                 BackendEval(TUNED_MLX, scored(30), 1.0)], _compat(), None, {})
+        decide(report, ValidateConfig())
+        check = next(c for c in report.checks if c.name == "GGUF tool-call F1 vs tuned MLX")
+        assert check.passed == passes and check.value > 0 and "lower bound" in check.detail, check
+
+
 def test_dev_profile_keeps_compatibility_checks_only():
     report = _report("Nothing.", REFERENCE, _compat(eos_token="<bos>"))
     decide(report, ValidateConfig(quality_thresholds=False))
