@@ -217,3 +217,21 @@ def test_a_promotion_killed_inside_any_writer_leaves_the_app_whole_and_the_rerun
     assert sorted(p.name for p in models.glob("*.gguf")) == ["dm-tiny-gemma3n-v2-Q4_K_M.gguf"]
     assert [p.name for p in models.glob("*.gbnf")] == ["dm-tiny-gemma3n-v2.gbnf"]
     assert "dm-tiny-gemma3n-v2-Q4_K_M.gguf" in (models / "llama-rn.ts").read_text()
+
+
+def test_a_tool_list_that_crowds_short_rows_is_warned_about(tmp_path):
+    from mlx_dm.pipeline.train import warn_if_the_tool_list_crowds_the_rows
+
+    class Said(Reporter):
+        def __init__(self):
+            self.warnings = []
+
+        def warn(self, text: str) -> None:
+            self.warnings.append(text)
+
+    said = Said()
+    for seq, tools in ((512, True), (2048, True), (512, False)):
+        config = load_config(tmp_path).override("test", data={"tools_in_prompt": tools}, train={"max_seq_length": seq})
+        warn_if_the_tool_list_crowds_the_rows(config, said)
+    (warning,) = said.warnings
+    assert "of the 512 tokens of every row" in warning and "max_seq_length" in warning

@@ -8,12 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
+from ..data.profiles import tools_prompt
 from ..hardware import Hardware
 from ..runs import Run, attach_log_file, new_run
 from ..train.setup import find_resumable, run_key
 from ..train.trainer import TrainResult, train
 from .reporter import Reporter
 from .settings import settle_memory_savings
+
+CHARS_PER_TOKEN_PROSE = 4  # Gemma's tokenizer on English prose: about 4 characters a token
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,21 @@ def training_key(config: Config, dataset_dir: Path, base_path: Path, hardware: H
     return run_key(config, base_path, (Path(dataset_dir) / "fingerprint.txt").read_text().strip())
 
 
+def warn_if_the_tool_list_crowds_the_rows(config: Config, reporter: Reporter) -> None:
+    """data.tools_in_prompt puts the tool list (~375 tokens for the default agent) in every row's
+    system text: at a short train.max_seq_length little is left of the conversation it should
+    teach (on the H200, seq 512 left ~140 tokens a row and the arm scored half the F1)."""
+    tokens = len(tools_prompt(config.data.agent_tools, config.data.tools_in_prompt)) // CHARS_PER_TOKEN_PROSE
+    if tokens * 3 > config.train.max_seq_length:
+        reporter.warn(f"data.tools_in_prompt: the tool list takes about {tokens} of the {config.train.max_seq_length} "
+                      "tokens of every row; raise train.max_seq_length (1024 or more) or turn the tool list off")
+
+
 def run_training(config: Config, dataset_dir: Path, base_path: Path, resume: bool | None, hardware: Hardware,
                  reporter: Reporter) -> Trained:
     """Train; resumes an unfinished run of the same config and data unless `resume` is False."""
     config = settle_memory_savings(config, base_path, hardware)
+    warn_if_the_tool_list_crowds_the_rows(config, reporter)
     key = run_key(config, base_path, (Path(dataset_dir) / "fingerprint.txt").read_text().strip())
     world, rank = distributed_rank()
     if world > 1:
