@@ -18,6 +18,7 @@ from ..files import atomic_write_json, atomic_write_text
 from . import toolcalls
 from .augment import augmented_copies
 from .drills import drill_scenes
+from .grammar import argument_problems
 from .discover import ScanResult, scan
 from .overlap import MIN_WORDS, split_overlap, text_groups
 from .render import context_text, render_scenario
@@ -248,8 +249,6 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
                   max_file_bytes: int = 1_000_000, scan_result: ScanResult | None = None,
                   augment_copies: int = 0, drills: int = 0, tools: str = "") -> Dataset:
     from ..config import DEFAULT_AGENT_TOOLS
-    from .grammar import argument_problems
-    from .starter import STARTER_PREFIX
 
     result = scan_result or scan(Path(root), max_file_bytes)
     if strict:
@@ -265,21 +264,17 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
         body = hashlib.sha256(render_scenario(scenario).text.encode("utf-8")).hexdigest()
         if body in seen:
             duplicates[scenario.path] = seen[body]
-            problems.append(Problem("warning", "duplicate", scenario.path, 1,
-                                    f"same turns as {seen[body]}; this copy is left out",
-                                    "delete one of the two files, or change one"))
+            problems.append(Problem("warning", "duplicate", scenario.path, 1, f"same turns as {seen[body]}; this copy is "
+                                    "left out", "delete one of the two files, or change one"))
             continue
         seen[body] = scenario.path
-        if not scenario.path.startswith(STARTER_PREFIX):
-            problems += argument_problems(scenario, list(agent_tools or DEFAULT_AGENT_TOOLS))
+        problems += argument_problems(scenario, list(agent_tools or DEFAULT_AGENT_TOOLS))
         categorise(scenario)
         scenarios.append(scenario)
     if not scenarios:
-        raise DataError(
-            f"no usable scenario in {root} ({len(result.results)} .md files: "
-            f"{len(result.skipped)} not scenarios, {len(result.rejected)} with errors)",
-            "add scenario files in the format of docs/scenario-format.md; `mlx-dm data validate` lists every problem",
-        )
+        raise DataError(f"no usable scenario in {root} ({len(result.results)} .md files: {len(result.skipped)} not "
+                        f"scenarios, {len(result.rejected)} with errors)", "add scenario files in the format of "
+                        "docs/scenario-format.md; `mlx-dm data validate` lists every problem")
     groups = text_groups(scenarios)
     train, valid = split(scenarios, validation_fraction, seed, groups)
     overlap = split_overlap(groups, train, valid, validation_target(scenarios, validation_fraction))
