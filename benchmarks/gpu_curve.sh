@@ -10,7 +10,10 @@
 # finished arm to $OUT/arms/ and prints the log's tail. Call it again within ~30 s (the machine is
 # given back when idle) until it says "curve done"; a finished arm is never run again, so a call
 # that lands on a fresh machine only costs the arms in flight. Bring $OUT/arms/* into
-# docs/real-model/learning-curve/arms/ and run `learning_curve.py --summarise` here.
+# docs/real-model/learning-curve/arms/ and run `learning_curve.py --summarise` here. The default
+# arms keep their shipped adapter (git ignores them): `converters/fuse_to_gguf.py ADAPTER --base
+# gemma3-270m --quant Q8_0` then `benchmarks/grammar_quality.py --model GGUF` measure the tuned
+# GGUF with and without the tool grammar on this machine (the lending machine has no llama.cpp).
 #
 # Written after a session that lost half its device time: scripts run from the repository root
 # with it on PYTHONPATH; the runner is watched by its PID (a `pgrep -f` of its name also matches
@@ -31,7 +34,8 @@ if [ ! -f "$pid_file" ] || ! kill -0 "$(cat "$pid_file")" 2>/dev/null; then
     echo "curve done"
   else
     (
-      python3 benchmarks/learning_curve.py --sizes 32,64,128,0 --seeds 0,1,2 --parallel 6 --arms /root/arms --out /root/curve
+      python3 benchmarks/learning_curve.py --sizes 32,64,128,0 --seeds 0,1,2 --parallel 6 --arms /root/arms --out /root/curve \
+        --keep-adapters
       python3 benchmarks/learning_curve.py --label tools --data tools_in_prompt=true --sizes 0 --seeds 0,1,2 \
         --parallel 3 --arms /root/arms --out /root/curve
       touch /root/gpu-curve.done

@@ -9,7 +9,8 @@ Runs one benchmarks/quality_arm.py per (size, seed) pair (other options are pass
 `--parallel` of them at once (each given an equal share of the device's memory, so one runner per
 device; on a CPU keep 1), in work folders under `--arms`; an arm whose result is
 already in `--out` is not run again, so a curve grows over sessions and survives a stopped machine.
-Each finished arm's quality.json (and its replies) is copied to `--out/arms/` at once. Then, and
+Each finished arm's quality.json (and its replies; with --keep-adapters its shipped adapter, to
+export and score as a GGUF where llama.cpp runs) is copied to `--out/arms/` at once. Then, and
 alone with --summarise, it writes learning-curve.{json,md,png} over every arm in `--out/arms`:
 per label, size and source the mean [min-max] over seeds, and the mean of the arms' 90% intervals.
 """
@@ -78,6 +79,9 @@ def run_arms(args: argparse.Namespace) -> None:
                 (done_dir / name).mkdir(exist_ok=True)
                 for file in ("quality.json", "examples.json", "arm.log"):
                     shutil.copyfile(work / file, done_dir / name / file)
+                shipped = sorted((work / "project" / "runs").glob("*-train/adapters"))
+                if args.keep_adapters and shipped:  # to export and score as a GGUF on another machine
+                    shutil.copytree(shipped[-1], done_dir / name / "adapters", dirs_exist_ok=True)
                 print(f"{name}: done in {minutes:.1f} min ({len(running)} running, {len(pending)} waiting)", flush=True)
             else:
                 tail = (work / "arm.log").read_text(errors="replace")[-600:]
@@ -180,6 +184,8 @@ def main() -> int:
     parser.add_argument("--arms", type=Path, default=ROOT / ".mlx-dm" / "arms", help="the arms' work folders")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "real-model" / "learning-curve")
     parser.add_argument("--summarise", action="store_true", help="only summarise the arms already in --out/arms")
+    parser.add_argument("--keep-adapters", action="store_true",
+                        help="copy each arm's shipped adapter beside its results (a few MB each; for an export elsewhere)")
     args, args.arm = parser.parse_known_args()  # the rest goes to every arm (e.g. --max-cases 40)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
