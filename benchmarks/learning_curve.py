@@ -80,7 +80,8 @@ def run_arms(args: argparse.Namespace) -> None:
                 for file in ("quality.json", "examples.json", "arm.log"):
                     shutil.copyfile(work / file, done_dir / name / file)
                 shipped = sorted((work / "project" / "runs").glob("*-train/adapters"))
-                if args.keep_adapters and shipped:  # to export and score as a GGUF on another machine
+                first_seed = name.endswith(f"-s{args.seeds[0]}")  # one per point: 7 MB each for the 270M
+                if args.keep_adapters and first_seed and shipped:  # to export and score as a GGUF elsewhere
                     shutil.copytree(shipped[-1], done_dir / name / "adapters", dirs_exist_ok=True)
                 print(f"{name}: done in {minutes:.1f} min ({len(running)} running, {len(pending)} waiting)", flush=True)
             else:
@@ -185,7 +186,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "real-model" / "learning-curve")
     parser.add_argument("--summarise", action="store_true", help="only summarise the arms already in --out/arms")
     parser.add_argument("--keep-adapters", action="store_true",
-                        help="copy each arm's shipped adapter beside its results (a few MB each; for an export elsewhere)")
+                        help="copy the shipped adapter of each point's first seed beside its results (7 MB for the "
+                             "270M; to export and score as a GGUF elsewhere)")
     args, args.arm = parser.parse_known_args()  # the rest goes to every arm (e.g. --max-cases 40)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
