@@ -199,6 +199,18 @@ def f1_text(values: dict, digits: int = 3) -> str:
         return "n/a (no calls)" if not values.get("reference_calls") and not values.get("predicted_calls") else "n/a"
     return f"{f1:.{digits}f}"
 
+def _scenario_counts(scores: list[ExampleScore]) -> dict[str, list[int]]:
+    """Per scenario (the case's path before '#'), its calls' [name matches, predicted, reference]:
+    what the bootstraps draw, whole scenarios at a time."""
+    counts: dict[str, list[int]] = {}
+    for s in scores:
+        total = counts.setdefault(s.case.rsplit("#", 1)[0], [0, 0, 0])
+        total[0] += s.calls.name_matches
+        total[1] += len(s.calls.predicted)
+        total[2] += len(s.calls.reference)
+    return counts
+
+
 def f1_interval(scores: list[ExampleScore], level: float = 0.9, draws: int = 1000, seed: int = 0) -> list[float] | None:
     """A bootstrap interval of the tool-call F1, drawing whole scenarios with replacement.
 
@@ -206,13 +218,7 @@ def f1_interval(scores: list[ExampleScore], level: float = 0.9, draws: int = 100
     the interval shows which differences between two models or two settings a source can tell.
     Scenarios, not cases, are drawn because the turns of one game depend on each other.
     """
-    counts: dict[str, list[int]] = {}
-    for s in scores:
-        total = counts.setdefault(s.case.rsplit("#", 1)[0], [0, 0, 0])
-        total[0] += s.calls.name_matches
-        total[1] += len(s.calls.predicted)
-        total[2] += len(s.calls.reference)
-    groups = list(counts.values())
+    groups = list(_scenario_counts(scores).values())
     if len(groups) < 2 or not any(g[2] for g in groups):
         return None
     rng = random.Random(seed)
@@ -230,13 +236,10 @@ def paired_f1_drop(reference: list[ExampleScore], candidate: list[ExampleScore],
     Why paired: two files answering the same 24-48 cases differ in a handful of calls; drawn apart,
     each F1's own interval spans 20 points and hides a real loss, drawn together the noise of which
     cases were drawn cancels."""
-    groups: dict[str, list[int]] = {}
-    for ref, cand in zip(reference, candidate, strict=True):
-        total = groups.setdefault(ref.case.rsplit("#", 1)[0], [0] * 6)
-        for i, value in enumerate((ref.calls.name_matches, len(ref.calls.predicted), len(ref.calls.reference),
-                                   cand.calls.name_matches, len(cand.calls.predicted), len(cand.calls.reference))):
-            total[i] += value
-    rows = list(groups.values())
+    before, after = _scenario_counts(reference), _scenario_counts(candidate)
+    if before.keys() != after.keys():
+        raise ValueError("a paired comparison needs the same cases on both sides")
+    rows = [before[name] + after[name] for name in before]  # names, predicted, reference: reference's, then candidate's
     if not rows or not any(r[1] or r[2] or r[4] for r in rows):
         return None
 
