@@ -253,7 +253,7 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
     result = scan_result or scan(Path(root), max_file_bytes)
     if strict:
         _promote_warnings(result)
-    problems = result.problems
+    problems, acting = result.problems, list(agent_tools or DEFAULT_AGENT_TOOLS)
     seen: dict[str, str] = {}
     duplicates: dict[str, str] = {}
     scenarios: list[Scenario] = []
@@ -268,7 +268,7 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
                                     "left out", "delete one of the two files, or change one"))
             continue
         seen[body] = scenario.path
-        problems += argument_problems(scenario, list(agent_tools or DEFAULT_AGENT_TOOLS))
+        problems += argument_problems(scenario, acting)
         categorise(scenario)
         scenarios.append(scenario)
     if not scenarios:
@@ -281,7 +281,7 @@ def build_dataset(root: Path, validation_fraction: float = 0.15, seed: int = 0, 
     balanced = balance(train, balance_mix, seed) if balance_mix else list(train)
     augmented = augmented_copies(train, Path(root), augment_copies, seed)
     scenes = drill_scenes(drills, seed)
-    vocab = tool_vocabulary(scenarios, list(agent_tools or DEFAULT_AGENT_TOOLS))
+    vocab = tool_vocabulary(scenarios, acting)
     summary = DatasetSummary(
         root=str(root),
         files=len(result.results),

@@ -14,12 +14,13 @@ grammar never forces a call or blocks the end of a turn, and it also parses from
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..dice import ABILITIES, SKILL_ABILITY
-from .scenario import DM, Problem
+from .scenario import DM, Problem, ToolCall
 from .toolcalls import find_calls
 
 # The check's words: the 18 skills as the data writes them (spaces or underscores), abilities, initiative.
@@ -89,17 +90,27 @@ def _escape(tool: str) -> str:
     return tool.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def call_pattern(tools: list[str], dice_first: tuple[str, ...] = ()) -> re.Pattern:
-    """A whole call the grammar allows, as Python sees it: `[tool: argument]`."""
+@functools.lru_cache(maxsize=16)
+def _call_pattern(tools: tuple[str, ...], dice_first: tuple[str, ...]) -> re.Pattern:
+    """Built once per agent: data build checks every DM turn of the user's files against it."""
     alternatives = "|".join(f"{re.escape(tool)}: ?{ARGUMENT_FORMS[form_of(tool, dice_first)].pattern}" for tool in tools)
     return re.compile(rf"\[(?:{alternatives})\]")
+
+
+def call_pattern(tools: list[str], dice_first: tuple[str, ...] = ()) -> re.Pattern:
+    """A whole call the grammar allows, as Python sees it: `[tool: argument]`."""
+    return _call_pattern(tuple(tools), tuple(dice_first))
+
+
+def _refused(text: str, tools: list[str], dice_first: tuple[str, ...] = ()) -> list[ToolCall]:
+    allowed = call_pattern(tools, dice_first)
+    return [call for call in find_calls(text, 1) if not allowed.fullmatch(call.raw)]
 
 
 def refused_calls(text: str, tools: list[str], dice_first: tuple[str, ...] = ()) -> list[str]:
     """The calls in a reply that the grammar for `tools` could not produce, as written: a name it
     does not allow, or an argument outside the tool's form. Text with no call is always allowed."""
-    allowed = call_pattern(tools, dice_first)
-    return [call.raw for call in find_calls(text, 1) if not allowed.fullmatch(call.raw)]
+    return [call.raw for call in _refused(text, tools, dice_first)]
 
 
 GRAMMAR_FILE = "tools.gbnf"
@@ -124,8 +135,7 @@ def write_grammar(folder: Path, text: str, name: str = GRAMMAR_FILE) -> Path:
     from ..files import atomic_write_text
 
     path = Path(folder) / name
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+    atomic_write_text(path, text)  # makes the folder
     return path
 
 
@@ -143,11 +153,11 @@ def argument_problems(scenario, tools: list[str]) -> list[Problem]:
     for turn in scenario.turns:
         if turn.kind != DM:
             continue
-        for raw in refused_calls(turn.text, tools):
-            if raw[1:].split(":", 1)[0].strip().lower() in acted:
+        for call in _refused(turn.text, tools):
+            if call.name in acted:  # find_calls lower-cases the name, as the app's agent does
                 problems.append(Problem(
                     "warning", "grammar", scenario.path, turn.line,
-                    f"{raw}: the app's tool grammar refuses this argument, so the model on the phone cannot write it",
-                    f"write it in the tool's form ({form_of(raw[1:].split(':', 1)[0].strip())}: "
-                    "see docs/tools.md), or list the tool as free text in data/grammar.py's TOOL_FORMS"))
+                    f"{call.raw}: the app's tool grammar refuses this argument, so the model on the phone cannot "
+                    f"write it", f"write it in the tool's form ({form_of(call.name)}: see docs/tools.md), or list "
+                    "the tool as free text in data/grammar.py's TOOL_FORMS"))
     return problems
