@@ -217,7 +217,7 @@ def run_validation(gguf: Path, cases: list[EvalCase], vocabulary: set[str], agen
                          "model": profile_report([s.output for s in tuned.scores] if tuned else [], profiles)}
     report = ValidationReport(str(gguf), len(cases), evaluations, compat, previous_compat, agent)
     report.notes.append(f"the GGUFs decoded with the app's tool grammar ({Path(grammar).name})" if grammar else
-                        "the GGUFs decoded without the app's tool grammar (validate.grammar off)")
+                        "the GGUFs decoded without the app's tool grammar (validate.grammar off, or an agent with no tools)")
     if settings.llama_node and compat.loads:
         report.node = check_in_llama_node(gguf, conversations[:4], settings.n_ctx, grammar=grammar)
     decide(report, settings)

@@ -117,7 +117,9 @@ def limit_mlx_memory(config: Config) -> int | None:
         return None
     limit = int(config.train.memory_limit_gb * 1e9)
     mx.set_memory_limit(limit)
-    mx.set_cache_limit(min(limit, mx.set_cache_limit(limit)))  # never raise a smaller default (CPU: 32 MB)
+    previous = mx.set_cache_limit(limit)
+    if previous < limit:  # never raise a smaller default (CPU: 32 MB)
+        mx.set_cache_limit(previous)
     return limit
 
 
